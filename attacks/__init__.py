@@ -1,0 +1,1 @@
+"""Attacks, installed as ``fedsim.attacks``; poisoning attacks subclass :class:`fedsim.attack.Attack`."""

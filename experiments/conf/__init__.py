@@ -1,0 +1,1 @@
+"""fedsim's Hydra config tree (installed as ``fedsim.conf``): each sub-folder is a config group."""

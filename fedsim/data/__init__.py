@@ -1,0 +1,25 @@
+"""Offline data layer: normalised image datasets and client partitioners.
+
+Datasets come from packages already installed (``embedded``) or from files on
+local disk (``files``); nothing is ever downloaded. Partitioners (``partition``)
+map labels to per-client index arrays as pure functions of their arguments.
+"""
+
+from fedsim.data.embedded import digits, mnist5k
+from fedsim.data.files import cifar10, fashion_mnist, mnist, read_idx
+from fedsim.data.image_data import ImageData, from_uint8
+from fedsim.data.partition import dirichlet, iid, shards
+
+__all__ = [
+    "ImageData",
+    "cifar10",
+    "digits",
+    "dirichlet",
+    "fashion_mnist",
+    "from_uint8",
+    "iid",
+    "mnist",
+    "mnist5k",
+    "read_idx",
+    "shards",
+]

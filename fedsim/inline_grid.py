@@ -1,0 +1,75 @@
+"""An in-process Flower Grid: delivers each message straight to the ClientApp (no Ray).
+
+The same ServerApp logic and ClientApp run unchanged; only transport differs.
+Each node keeps its own ``Context`` (and so its ``Context.state``) for the run,
+as Flower's simulation engine does.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable
+from uuid import uuid4
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.supercore.run import Run
+from flwr.serverapp import Grid
+
+
+
+class InlineGrid(Grid):
+    """A Grid whose nodes are ``num_nodes`` ClientApp instances called in this process."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run: Run) -> None:
+        self._client_app = client_app
+        self._run = run
+        self._contexts = {
+            node_id: Context(
+                run_id=run.run_id,
+                node_id=node_id,
+                node_config={"partition-id": pid, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for pid, node_id in enumerate(range(1001, 1001 + num_nodes))
+        }
+        self._replies: dict[str, Message] = {}
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            self._replies[message.metadata.message_id] = self._deliver(message)
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    def _deliver(self, message: Message) -> Message:
+        context = self._contexts[message.metadata.dst_node_id]
+        try:
+            return self._client_app(message, context)
+        except Exception as exc:  # a failing client is an error reply, as in Flower's engine
+            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)

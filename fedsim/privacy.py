@@ -1,0 +1,26 @@
+"""The privacy-observer hook: an honest-but-curious server looking at updates.
+
+Observers see exactly what the server receives (decoded updates and the global
+state) and report reconstruction scores; they never change training. The base
+class is the ``privacy_attack=none`` component.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedsim.state import Tensors
+from fedsim.strategy import ClientUpdate
+
+if TYPE_CHECKING:
+    from fedsim.environment import Environment
+
+
+class PrivacyAttack:
+    """No privacy attack: the server observes nothing."""
+
+    def observe(
+        self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], env: "Environment"
+    ) -> dict[str, float]:
+        """Inspect this round's updates; return metrics for rounds.jsonl."""
+        return {}

@@ -1,0 +1,67 @@
+"""Results on disk: rounds.jsonl, summary.json and the accuracy/loss plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class RunRecorder:
+    """Appends one JSON record per round and writes the summary and plots at the end."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.rounds_path = self.out_dir / "rounds.jsonl"
+        self.rounds_path.write_text("")
+        self.records: list[dict[str, Any]] = []
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Append one round's record (flushed immediately)."""
+        self.records.append(record)
+        with self.rounds_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Write summary.json and the curves PNG; return the summary."""
+        last = self.records[-1] if self.records else {}
+        summary = {
+            "rounds": len(self.records),
+            "final_test_acc": last.get("test_acc"),
+            "final_test_loss": last.get("test_loss"),
+            "best_test_acc": max((r["test_acc"] for r in self.records), default=None),
+            "bytes_up_total": sum(r["bytes_up"] for r in self.records),
+            "bytes_down_total": sum(r["bytes_down"] for r in self.records),
+            "failures_total": sum(len(r["failures"]) for r in self.records),
+            "rejected_total": sum(len(r["rejected"]) for r in self.records),
+            **extra,
+        }
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.records:
+            plot_curves(self.records, self.out_dir / "curves.png")
+        return summary
+
+
+def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy and train/test loss per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in records]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_acc.plot(rounds, [r["test_acc"] for r in records], marker="o")
+    ax_acc.set(xlabel="round", ylabel="test accuracy", title="Test accuracy")
+    ax_loss.plot(rounds, [r["test_loss"] for r in records], marker="o", label="test")
+    train = [(r["round"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
+    if train:
+        ax_loss.plot(*zip(*train), marker="s", label="train (clients)")
+    ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
+    ax_loss.legend()
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,36 @@
+"""Server-side screening of decoded client updates: malformed ones never reach aggregation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fedsim.state import Tensors
+
+
+def update_problem(
+    update: Tensors, expected: dict[str, tuple[int, ...]], max_norm: float | None = None
+) -> str | None:
+    """Why ``update`` must be rejected, or None if it is well-formed.
+
+    Checks: exactly the expected array names, their shapes, a floating dtype,
+    finite values, and (if ``max_norm`` is set) the global L2 norm.
+    """
+    missing = sorted(set(expected) - set(update))
+    extra = sorted(set(update) - set(expected))
+    if missing or extra:
+        return f"array names differ: missing {missing}, unexpected {extra}"
+    squared = 0.0
+    for name, shape in expected.items():
+        tensor = update[name]
+        if tuple(tensor.shape) != tuple(shape):
+            return f"{name}: shape {tuple(tensor.shape)}, expected {tuple(shape)}"
+        if not tensor.is_floating_point():
+            return f"{name}: dtype {tensor.dtype} is not floating point"
+        if not bool(torch.isfinite(tensor).all()):
+            return f"{name}: contains NaN or Inf"
+        squared += float(tensor.double().pow(2).sum())
+    if max_norm is not None and math.sqrt(squared) > max_norm:
+        return f"update norm {math.sqrt(squared):.4g} exceeds max_update_norm={max_norm}"
+    return None
