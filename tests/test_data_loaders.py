@@ -99,12 +99,18 @@ def test_from_uint8_uses_train_statistics_per_channel() -> None:
 
 # --- IDX (MNIST / Fashion-MNIST) ------------------------------------------------------
 
-IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
     """The IDX on-disk encoding of a uint8 array: 00 00 08 <ndim>, big-endian dims, data."""
-    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
 
 
 def _write_idx_set(folder: Path, compress: bool, seed: int = 0) -> dict[str, np.ndarray]:

@@ -75,7 +75,7 @@ def _as_nchw(x: np.ndarray, what: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or len(x) == 0 or 0 in x.shape[1:]:
-        raise ValueError(f"{what}: expected a non-empty (N, H, W) or (N, C, H, W) array, got shape {x.shape}")
+        raise ValueError(f"{what}: expected non-empty (N, H, W) or (N, C, H, W) images, got shape {x.shape}")
     return x
 
 

@@ -31,7 +31,10 @@ def dirichlet(
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if min_size < 1 or min_size * num_clients > n:
-        raise ValueError(f"min_size must be in [1, {n // num_clients}] for {n} samples and {num_clients} clients, got {min_size}")
+        raise ValueError(
+            f"min_size must be in [1, {n // num_clients}] for {n} samples and {num_clients} clients, "
+            f"got {min_size}"
+        )
     rng = _rng(seed)
     by_class = _indices_by_class(labels)
     sizes = np.array([len(idx) for idx in by_class])
@@ -107,7 +110,9 @@ def _indices_by_class(labels: np.ndarray) -> list[np.ndarray]:
     return np.split(order, np.cumsum(np.bincount(inverse))[:-1])
 
 
-def _dirichlet_counts(sizes: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
+def _dirichlet_counts(
+    sizes: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
     """(classes, clients) sample counts: each class's size cut at Dir(alpha) proportions."""
     proportions = rng.dirichlet(np.full(num_clients, alpha), size=len(sizes))
     cuts = np.floor(np.cumsum(proportions, axis=1)[:, :-1] * sizes[:, None]).astype(np.int64)

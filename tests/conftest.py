@@ -1,0 +1,45 @@
+"""Shared test helpers: compose a fedsim config exactly as the CLI does, and run it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from fedsim.simulation import simulate
+
+SMALL = ["dataset=digits", "num_clients=4", "clients_per_round=4", "rounds=2", "progress=false", "backend=inline"]
+
+
+def make_config(*overrides: str) -> dict[str, Any]:
+    """The resolved config for ``overrides`` (applied after a small, fast default set)."""
+    with initialize_config_module(config_module="fedsim.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=[*SMALL, *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def read_rounds(out_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's rounds.jsonl."""
+    return [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def metrics_only(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Round records without wall-clock fields, for equality checks."""
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+
+
+@pytest.fixture
+def run_sim(tmp_path: Path):
+    """Run a simulation from overrides into a fresh folder; returns (summary, rounds records, folder)."""
+    counter = iter(range(1000))
+
+    def _run(*overrides: str) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+        out = tmp_path / f"run{next(counter)}"
+        summary = simulate(make_config(*overrides), out, progress=False)
+        return summary, read_rounds(out), out
+
+    return _run
