@@ -45,8 +45,9 @@ def hostile_module(tmp_path, monkeypatch):
     sys.modules.pop("hostile", None)
 
 
-def test_hostile_clients_are_rejected_and_logged(run_sim, hostile_module, caplog):
-    _, rounds, _ = run_sim("num_clients=5", "clients_per_round=5", "attack._target_=hostile.Hostile")
+@pytest.mark.parametrize("backend", ["inline", "ray"])
+def test_hostile_clients_are_rejected_and_logged(run_sim, hostile_module, caplog, backend):
+    _, rounds, _ = run_sim("num_clients=5", "clients_per_round=5", "attack._target_=hostile.Hostile", f"backend={backend}")
     for record in rounds:
         assert [f["client"] for f in record["failures"]] == [1]
         assert "client 1 crashed" in record["failures"][0]["reason"]
