@@ -22,9 +22,10 @@ FAST = ["backend=inline", "dataset=digits", "progress=false", "model.hidden=[32]
 
 
 def make_cfg(*overrides: str) -> dict[str, Any]:
-    """The resolved config for ``overrides`` on top of small, fast defaults."""
+    """The resolved config for ``overrides`` on top of small, fast defaults (which they replace)."""
+    merged = {o.split("=", 1)[0]: o for o in [*FAST, *overrides]}
     with initialize_config_module(config_module="fedsim.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=[*FAST, *overrides])
+        cfg = compose(config_name="config", overrides=list(merged.values()))
     return OmegaConf.to_container(cfg, resolve=True)
 
 
