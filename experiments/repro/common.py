@@ -42,6 +42,27 @@ def print_table(header: list[str], rows: list[list[Any]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def figure(ncols: int = 1, width: float = 6.0) -> tuple[Any, list[Any]]:
+    """A headless matplotlib figure with ``ncols`` axes side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width, 4), squeeze=False)
+    return fig, list(axes[0])
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Legend and grid on every axis, then write the PNG and say where."""
+    for ax in fig.axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")
+
+
 def finish(passed: bool, message: str) -> None:
     """Print the PASS/FAIL line and exit non-zero on FAIL."""
     print(("PASS: " if passed else "FAIL: ") + message)

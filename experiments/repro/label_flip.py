@@ -7,7 +7,7 @@ Run: .venv/bin/python experiments/repro/label_flip.py
 
 from __future__ import annotations
 
-from common import OUT, finish, mean_last, print_table, run
+from common import OUT, figure, finish, mean_last, print_table, run, save_figure
 
 FRACTIONS = (0.0, 0.3, 0.4, 0.5)
 DEFENSES = ("none", "median")
@@ -42,22 +42,13 @@ def main() -> None:
 
 
 def plot(results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax,) = figure()
     for (defense, fraction), r in results.items():
         if fraction > 0:
             ax.plot(range(1, len(r["curve"]) + 1), r["curve"], label=f"{defense} {int(fraction * 100)}%",
                     linestyle="-" if defense == "none" else "--")
     ax.set(xlabel="round", ylabel="attack success rate (1 -> 7)", title="Label flipping: FedAvg vs median")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(OUT / "label_flip" / "asr.png", dpi=100)
-    print(f"plot: {OUT / 'label_flip' / 'asr.png'}")
+    save_figure(fig, OUT / "label_flip" / "asr.png")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common import OUT, finish, mean_last, print_table, run
+from common import OUT, figure, finish, mean_last, print_table, run, save_figure
 
 TAU0 = 3
 BASE = ["dataset=mnist5k", "model.hidden=[100]", "partition=dirichlet", "partition.alpha=0.9", "rounds=30",
@@ -83,24 +83,14 @@ def main() -> None:
 
 
 def plot(runs: dict[str, list[dict[str, Any]]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_acc, ax_asr) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_acc, ax_asr) = figure(ncols=2, width=11)
     for name, records in runs.items():
         rounds = [r["round"] for r in records]
         ax_acc.plot(rounds, [r["test_acc"] for r in records], label=name)
         ax_asr.plot(rounds, [r["label_flip/attack_success_rate"] for r in records], label=name)
     ax_acc.set(xlabel="round", ylabel="test accuracy", title="Main task under the mixed attack")
     ax_asr.set(xlabel="round", ylabel="ASR 1 -> 7", title="Targeted label flip")
-    for ax in (ax_acc, ax_asr):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(OUT / "mudhog" / "mudhog.png", dpi=100)
-    print(f"plot: {OUT / 'mudhog' / 'mudhog.png'}")
+    save_figure(fig, OUT / "mudhog" / "mudhog.png")
 
 
 if __name__ == "__main__":
