@@ -34,12 +34,14 @@ class MudHog(Defense):
     Per client the server keeps a long HoG (sum of all its updates) and a short HoG (mean of its
     last ``short_window`` updates, a real moving window: the reference code's frozen window is
     not reproduced). After ``tau0`` plain rounds, each round: (1) sign-flip suspects have a short
-    HoG with negative cosine to the median short HoG of the not-confirmed clients; (2) additive-
+    HoG with negative cosine to the median short HoG of the not-confirmed clients (the paper;
+    ``sign_flip_history=long`` uses the long HoGs instead, which stay separated once the model
+    converges and honest short HoGs shrink towards noise); (2) additive-
     noise suspects are DBSCAN outliers among the remaining short HoGs whose distance to the main
     cluster's median lies above the largest gap; (3) targeted suspects are the minority of a
     KMeans(2) split of the remaining long HoGs; (4) suspicion is confirmed after ``confirm_rounds``
     consecutive suspicious rounds (twice that for targeted) and cleared after two clean ones;
-    (5) unreliable clients have a short-HoG cosine to the median of the rest below the largest gap
+    a client keeps the type it was first confirmed as; (5) unreliable clients have a short-HoG cosine to the median of the rest below the largest gap
     for more than ``confirm_rounds`` rounds (a decaying counter). The aggregate is the unweighted
     mean of the updates of clients neither confirmed malicious nor suspected this round;
     unreliable clients are kept, as in the paper.
@@ -52,6 +54,7 @@ class MudHog(Defense):
         confirm_rounds: int = 2,
         dbscan_eps: float = 0.5,
         dbscan_min_samples: int = 5,
+        sign_flip_history: str = "short",
     ) -> None:
         for field, value, low in (
             ("tau0", tau0, 0),
@@ -61,15 +64,18 @@ class MudHog(Defense):
         ):
             if value < low:
                 raise ValueError(f"defense.{field}={value}: must be >= {low}")
+        if sign_flip_history not in ("short", "long"):
+            raise ValueError(f"defense.sign_flip_history={sign_flip_history!r}: must be 'short' or 'long'")
         if dbscan_eps <= 0:
             raise ValueError(f"defense.dbscan_eps={dbscan_eps}: must be > 0")
         self.tau0, self.short_window, self.confirm_rounds = tau0, short_window, confirm_rounds
         self.dbscan_eps, self.dbscan_min_samples = dbscan_eps, dbscan_min_samples
+        self.sign_flip_history = sign_flip_history
         self.long: dict[int, np.ndarray] = {}
         self.recent: dict[int, deque[np.ndarray]] = {}
         self.suspicion: defaultdict[int, int] = defaultdict(int)  # consecutive suspicious rounds
         self.unreliable_count: defaultdict[int, int] = defaultdict(int)
-        self.confirmed: dict[str, set[int]] = {SIGN_FLIP: set(), ADDITIVE_NOISE: set(), TARGETED: set()}
+        self.confirmed: dict[int, str] = {}  # client -> the attack type it was first confirmed as
         self.unreliable: set[int] = set()
 
     # Histories.
@@ -88,14 +94,17 @@ class MudHog(Defense):
 
     @property
     def malicious(self) -> set[int]:
-        return set().union(*self.confirmed.values())
+        return set(self.confirmed)
+
+    def confirmed_as(self, kind: str) -> set[int]:
+        return {c for c, k in self.confirmed.items() if k == kind}
 
     # Detection steps.
 
-    def sign_flip_suspects(self, short: dict[int, np.ndarray]) -> set[int]:
-        reference = [v for c, v in short.items() if c not in self.malicious] or list(short.values())
+    def sign_flip_suspects(self, hogs: dict[int, np.ndarray]) -> set[int]:
+        reference = [v for c, v in hogs.items() if c not in self.malicious] or list(hogs.values())
         median = np.median(np.stack(reference), axis=0)
-        return {c for c, v in short.items() if cosine(median, v) < 0}
+        return {c for c, v in hogs.items() if cosine(median, v) < 0}
 
     def noise_suspects(self, short: dict[int, np.ndarray]) -> set[int]:
         ids = list(short)
@@ -138,12 +147,11 @@ class MudHog(Defense):
                 self.suspicion[c] += 1
                 for kind in (SIGN_FLIP, ADDITIVE_NOISE):
                     if self.suspicion[c] >= self.confirm_rounds and c in suspects[kind]:
-                        self.confirmed[kind].add(c)
+                        self.confirmed.setdefault(c, kind)
                 if self.suspicion[c] >= 2 * self.confirm_rounds and c in suspects[TARGETED]:
-                    self.confirmed[TARGETED].add(c)
+                    self.confirmed.setdefault(c, TARGETED)
             elif self.suspicion[c] == 0:
-                for members in self.confirmed.values():
-                    members.discard(c)
+                self.confirmed.pop(c, None)
             else:
                 self.suspicion[c] = 0
 
@@ -166,10 +174,10 @@ class MudHog(Defense):
         excluded: set[int] = set()
         if server_round > self.tau0:
             short = {c: self.short_hog(c) for c in present}
-            flips = self.sign_flip_suspects(short)
-            rest = {c: v for c, v in short.items() if c not in flips | self.confirmed[SIGN_FLIP]}
+            flips = self.sign_flip_suspects(short if self.sign_flip_history == "short" else {c: self.long[c] for c in present})
+            rest = {c: v for c, v in short.items() if c not in flips | self.confirmed_as(SIGN_FLIP)}
             noise = self.noise_suspects(rest)
-            long = {c: self.long[c] for c in rest if c not in noise | self.confirmed[ADDITIVE_NOISE]}
+            long = {c: self.long[c] for c in rest if c not in noise | self.confirmed_as(ADDITIVE_NOISE)}
             targeted = self.targeted_suspects(long)
             self.confirm(present, {SIGN_FLIP: flips, ADDITIVE_NOISE: noise, TARGETED: targeted})
             honest = {c: v for c, v in rest.items() if c not in self.malicious}
@@ -182,9 +190,8 @@ class MudHog(Defense):
 
     def label(self, client_id: int) -> str:
         """The client's confirmed type: an attack type, unreliable or benign."""
-        for kind, members in self.confirmed.items():
-            if client_id in members:
-                return kind
+        if client_id in self.confirmed:
+            return self.confirmed[client_id]
         return UNRELIABLE if client_id in self.unreliable else BENIGN
 
     # Checkpointing: the histories and counters survive a save/restore.
@@ -195,7 +202,7 @@ class MudHog(Defense):
             "recent": {c: [v.copy() for v in w] for c, w in self.recent.items()},
             "suspicion": dict(self.suspicion),
             "unreliable_count": dict(self.unreliable_count),
-            "confirmed": {k: sorted(v) for k, v in self.confirmed.items()},
+            "confirmed": dict(self.confirmed),
             "unreliable": sorted(self.unreliable),
         }
 
@@ -204,5 +211,5 @@ class MudHog(Defense):
         self.recent = {int(c): deque(map(np.asarray, w), maxlen=self.short_window) for c, w in state["recent"].items()}
         self.suspicion = defaultdict(int, {int(c): n for c, n in state["suspicion"].items()})
         self.unreliable_count = defaultdict(int, {int(c): n for c, n in state["unreliable_count"].items()})
-        self.confirmed = {k: set(v) for k, v in state["confirmed"].items()}
+        self.confirmed = {int(c): k for c, k in state["confirmed"].items()}
         self.unreliable = set(state["unreliable"])

@@ -31,8 +31,9 @@ def round_updates(server_round: int) -> list[ClientUpdate]:
     return out
 
 
-def test_mudhog_flags_sign_flippers_and_noise_on_constructed_updates():
-    defense = MudHog(tau0=3, dbscan_eps=2.0, dbscan_min_samples=4)
+@pytest.mark.parametrize("history", ["short", "long"])
+def test_mudhog_flags_sign_flippers_and_noise_on_constructed_updates(history):
+    defense = MudHog(tau0=3, dbscan_eps=2.0, dbscan_min_samples=4, sign_flip_history=history)
     for r in range(1, 8):
         verdict = defense.screen(r, round_updates(r))
         if r <= 3:
