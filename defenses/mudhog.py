@@ -194,12 +194,13 @@ class MudHog(Defense):
             return self.confirmed[client_id]
         return UNRELIABLE if client_id in self.unreliable else BENIGN
 
-    # Checkpointing: the histories and counters survive a save/restore.
+    # Checkpointing: the histories and counters survive a save/restore (tensors and plain types only,
+    # so torch.load(weights_only=True) accepts them).
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "long": {c: v.copy() for c, v in self.long.items()},
-            "recent": {c: [v.copy() for v in w] for c, w in self.recent.items()},
+            "long": {c: torch.from_numpy(v.copy()) for c, v in self.long.items()},
+            "recent": {c: [torch.from_numpy(v.copy()) for v in w] for c, w in self.recent.items()},
             "suspicion": dict(self.suspicion),
             "unreliable_count": dict(self.unreliable_count),
             "confirmed": dict(self.confirmed),
@@ -207,8 +208,11 @@ class MudHog(Defense):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.long = {int(c): np.asarray(v) for c, v in state["long"].items()}
-        self.recent = {int(c): deque(map(np.asarray, w), maxlen=self.short_window) for c, w in state["recent"].items()}
+        self.long = {int(c): np.asarray(v, dtype=np.float64) for c, v in state["long"].items()}
+        self.recent = {
+            int(c): deque((np.asarray(v, dtype=np.float64) for v in w), maxlen=self.short_window)
+            for c, w in state["recent"].items()
+        }
         self.suspicion = defaultdict(int, {int(c): n for c, n in state["suspicion"].items()})
         self.unreliable_count = defaultdict(int, {int(c): n for c, n in state["unreliable_count"].items()})
         self.confirmed = {int(c): k for c, k in state["confirmed"].items()}

@@ -10,7 +10,7 @@ from fedsim.attack import BENIGN, MALICIOUS, UNRELIABLE
 from fedsim.attacks.label_flip import LabelFlip, MultiLabelFlip
 from fedsim.attacks.unreliable import Unreliable
 from fedsim.environment import environment_for
-from tests.conftest import make_cfg
+from poisoning_helpers import make_cfg
 
 GEN = torch.Generator().manual_seed(0)
 

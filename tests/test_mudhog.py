@@ -11,7 +11,7 @@ import torch
 from fedsim.defenses.mudhog import MudHog, largest_gap_split
 from fedsim.simulation import simulate
 from fedsim.strategy import ClientUpdate
-from tests.conftest import make_cfg
+from poisoning_helpers import make_cfg
 
 HONEST, FLIPPERS, NOISY = 12, (0, 1), (2, 3)
 
@@ -63,13 +63,15 @@ def test_mudhog_short_history_moves_every_round():
         for r in range(1, 7)))
 
 
-def test_mudhog_history_survives_a_checkpoint():
+def test_mudhog_history_survives_a_checkpoint(tmp_path):
     whole, first = MudHog(dbscan_eps=2.0, dbscan_min_samples=4), MudHog(dbscan_eps=2.0, dbscan_min_samples=4)
     for r in range(1, 5):
         whole.screen(r, round_updates(r))
         first.screen(r, round_updates(r))
     resumed = MudHog(dbscan_eps=2.0, dbscan_min_samples=4)
-    resumed.load_state_dict(json.loads(json.dumps(first.state_dict(), default=lambda a: a.tolist())))
+    saved = tmp_path / "mudhog.pt"
+    torch.save(first.state_dict(), saved)
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
     for r in range(5, 8):
         a, b = whole.screen(r, round_updates(r)), resumed.screen(r, round_updates(r))
         assert a.keep == b.keep and a.labels == b.labels

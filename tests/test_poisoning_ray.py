@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from fedsim.simulation import simulate
-from tests.conftest import make_cfg
+from poisoning_helpers import make_cfg
 
 
 def test_mixed_attack_with_mudhog_on_ray_matches_inline(tmp_path):

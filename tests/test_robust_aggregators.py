@@ -10,7 +10,7 @@ import torch
 from fedsim.defenses.robust import Bulyan, Krum, Median, MultiKrum, TrimmedMean
 from fedsim.simulation import simulate
 from fedsim.strategy import ClientUpdate
-from tests.conftest import make_cfg
+from poisoning_helpers import make_cfg
 
 
 def updates_with_outliers(n_honest: int = 7, n_bad: int = 2) -> list[ClientUpdate]:

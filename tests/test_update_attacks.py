@@ -8,7 +8,7 @@ import torch
 from fedsim.attack import BENIGN, MALICIOUS, SelectedClientsAttack
 from fedsim.attacks.additive_noise import AdditiveNoise
 from fedsim.attacks.sign_flip import SignFlip
-from tests.conftest import client_round, make_cfg
+from poisoning_helpers import client_round, make_cfg
 
 N = 10
 

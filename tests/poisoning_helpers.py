@@ -1,4 +1,4 @@
-"""Shared test helpers: compose a run config the way the CLI does, run one client's round."""
+"""Helpers of the poisoning tests: compose a run config the way the CLI does, run one client's round."""
 
 from __future__ import annotations
 
