@@ -1,0 +1,69 @@
+"""Shared helpers of the poisoning reproductions: compose a config, run it, read its rounds."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+from hydra import compose, initialize_config_module  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from fedsim.simulation import simulate  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def run(name: str, overrides: list[str]) -> list[dict[str, Any]]:
+    """Run one configuration (inline backend) into ``out/<name>``; returns its round records."""
+    with initialize_config_module(config_module="fedsim.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=["backend=inline", "progress=false", *overrides])
+    out = OUT / name
+    simulate(OmegaConf.to_container(cfg, resolve=True), out, progress=False)
+    return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+def mean_last(records: list[dict[str, Any]], key: str, n: int = 3) -> float:
+    """Mean of ``key`` over the last ``n`` rounds (smooths round-to-round noise)."""
+    values = [r[key] for r in records[-n:] if r.get(key) is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def print_table(header: list[str], rows: list[list[Any]]) -> None:
+    """A Markdown table on stdout."""
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in cells:
+        print("| " + " | ".join(row) + " |")
+
+
+def figure(ncols: int = 1, width: float = 6.0) -> tuple[Any, list[Any]]:
+    """A headless matplotlib figure with ``ncols`` axes side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width, 4), squeeze=False)
+    return fig, list(axes[0])
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Legend and grid on every axis, then write the PNG and say where."""
+    for ax in fig.axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")
+
+
+def finish(passed: bool, message: str) -> None:
+    """Print the PASS/FAIL line and exit non-zero on FAIL."""
+    print(("PASS: " if passed else "FAIL: ") + message)
+    sys.exit(0 if passed else 1)
