@@ -17,10 +17,9 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
-from fedsim.attack import BENIGN
+from fedsim.attack import BENIGN, MALICIOUS
 from fedsim.client import ROLE_KEY
 from fedsim.environment import Config, Environment
-from fedsim.evaluation import evaluate
 from fedsim.results import RunRecorder
 from fedsim.sampling import sample_clients
 from fedsim.scoring import detection_scores
@@ -50,6 +49,9 @@ class FederatedServer:
         self.cfg: Config = env.cfg
         self.recorder = recorder
         self.progress = progress
+        num_clients = int(self.cfg["num_clients"])
+        # ground truth, for scoring only (strategies that report their honest clients' mean)
+        self.honest_clients = [c for c in range(num_clients) if env.attack.role(c, num_clients, env.seed) != MALICIOUS]
 
     def run(self, grid: Grid) -> Tensors:
         """Run all rounds; returns the final global state."""
@@ -95,11 +97,15 @@ class FederatedServer:
         started = time.perf_counter()
         env, strategy = self.env, self.env.strategy
         sampled = sample_clients(int(self.cfg["num_clients"]), int(self.cfg["clients_per_round"]), env.seed, server_round)
-        arrays = to_record(global_state)
+        shared = to_record(global_state)
+        arrays = {}
+        for cid in sampled:
+            payload = strategy.payload_for(cid, global_state)
+            arrays[cid] = shared if payload is global_state else to_record(payload)
         config = ConfigRecord({"round": server_round, **strategy.configure_round(server_round)})
         messages = [
             Message(
-                RecordDict({"arrays": arrays, "config": config}),
+                RecordDict({"arrays": arrays[cid], "config": config}),
                 dst_node_id=node_of[cid],
                 message_type="train",
                 group_id=str(server_round),
@@ -120,10 +126,8 @@ class FederatedServer:
         else:
             log.warning("round %d: no update to aggregate; the global model is unchanged", server_round)
 
-        model = env.new_model()
-        model.load_state_dict(global_state, strict=False)
         test_x, test_y = env.test_data()
-        metrics = evaluate(model, test_x, test_y)
+        metrics = strategy.evaluate(global_state, env.new_model, test_x, test_y, self.honest_clients)
         losses = [(u.metrics["train_loss"], u.num_examples) for u in got.updates if "train_loss" in u.metrics]
         train_loss = sum(l * n for l, n in losses) / sum(n for _, n in losses) if losses else None
         record: dict[str, Any] = {
@@ -136,7 +140,7 @@ class FederatedServer:
             "rejected": got.rejected,
             "excluded": [u.client_id for u, keep in zip(got.updates, verdict.keep) if not keep],
             "bytes_up": got.bytes_up,
-            "bytes_down": record_nbytes(arrays) * len(sampled),
+            "bytes_down": sum(record_nbytes(arrays[cid]) for cid in sampled),
             "clients": {
                 str(u.client_id): {**u.metrics, "num_examples": u.num_examples, "malicious": m}
                 for u, m in zip(got.updates, got.truly_malicious)
