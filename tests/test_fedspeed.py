@@ -12,11 +12,10 @@ from flwr.common import serde
 from torch import nn
 
 from compose_run import compose_config, run_rounds
-from fedsim.state import ClientState
+from fedsim.state import ClientState, Tensors
 from fedsim.strategies.fedspeed import CORRECTION_KEY, FedSpeed
 from fedsim.strategy import ClientUpdate, LocalTask
 
-Tensors = dict[str, torch.Tensor]
 RHO, ALPHA, LAMB, WD, LR, DECAY = 0.5, 0.7, 0.3, 0.01, 0.2, 0.9
 
 
