@@ -1,8 +1,9 @@
 """The client side of a round, as a Flower ClientApp.
 
 Pipeline (DESIGN.md section 3): global arrays in -> client data (+ data attack if
-malicious) -> strategy.local_update -> update attack if malicious -> codec.encode
--> reply with the encoded update, metrics and the true role (for scoring only).
+attacking) -> strategy.local_update -> update attack if attacking -> codec.encode
+-> reply with the encoded update, metrics and the true role and attack type (for
+scoring only).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.attack import MALICIOUS
+from fedsim.attack import Attack
 from fedsim.environment import Config, environment_for
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState, from_record
 from fedsim.strategy import LocalTask
 
-ROLE_KEY = "role_malicious"
+TRUTH_KEY = "truth"  # reply record holding the client's true role and attack type (scoring only)
 
 
 def partition_id(context: Context) -> int:
@@ -33,11 +34,11 @@ def run_local_round(cfg: Config, message: Message, context: Context) -> Message:
     round_config = dict(message.content["config"])
     server_round = int(round_config.pop("round"))
     global_state = from_record(message.content["arrays"], str(env.device))
-    malicious = env.attack.role(cid, cfg["num_clients"], env.seed) == MALICIOUS
+    attack = env.attack.for_client(cid, int(cfg["num_clients"]), env.seed)
 
     x, y = env.client_data(cid)
-    if malicious:
-        x, y = env.attack.poison_data(x, y, torch_generator(env.seed, "data-attack", server_round, cid))
+    if attack is not None:
+        x, y = attack.poison_data(x, y, torch_generator(env.seed, "data-attack", server_round, cid))
     model = env.new_model()
     model.load_state_dict(global_state, strict=False)
     client_state = ClientState(context.state, str(env.device))
@@ -57,16 +58,18 @@ def run_local_round(cfg: Config, message: Message, context: Context) -> Message:
     )
     result = env.strategy.local_update(task)
     update = result.update
-    if malicious:
-        update = env.attack.poison_update(update, torch_generator(env.seed, "update-attack", server_round, cid))
+    if attack is not None:
+        update = attack.poison_update(update, torch_generator(env.seed, "update-attack", server_round, cid))
     encoded = env.codec.encode(update, client_state, server_round)
     metrics = {
         "num_examples": result.num_examples,
         "bytes_up": env.codec.wire_bytes(encoded),
-        ROLE_KEY: int(malicious),
         **result.metrics,
     }
-    return Message(RecordDict({"update": encoded, "metrics": MetricRecord(metrics)}), reply_to=message)
+    acting = attack or Attack()  # the base Attack is the benign client
+    truth = ConfigRecord({"role": acting.role, "kind": acting.name})
+    content = RecordDict({"update": encoded, "metrics": MetricRecord(metrics), TRUTH_KEY: truth})
+    return Message(content, reply_to=message)
 
 
 def build_client_app(cfg: Config) -> ClientApp:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedsim.attack import BENIGN
+from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate
 
 
@@ -17,7 +18,12 @@ class Verdict:
     """A defense's decision on one round's updates, aligned with the update list."""
 
     keep: list[bool]
-    labels: list[str]  # the role the defense believes each client has
+    # The role the defense believes each client has: benign, unreliable, malicious, or a
+    # finer malicious label naming the suspected attack type (scored as malicious).
+    labels: list[str]
+    # A robust combination of the kept updates (median, trimmed mean, ...): when set, it
+    # replaces each kept update before strategy.aggregate, so it composes with any strategy.
+    combined: Tensors | None = None
 
 
 class Defense:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
-from fedsim.attack import BENIGN, MALICIOUS
-from fedsim.client import ROLE_KEY
+from fedsim.attack import MALICIOUS, Attack
+from fedsim.client import TRUTH_KEY
 from fedsim.environment import Config, Environment
 from fedsim.results import RunRecorder
 from fedsim.sampling import sample_clients
@@ -35,10 +35,16 @@ class Collected:
     """One round's replies, sorted into accepted updates and refusals."""
 
     updates: list[ClientUpdate] = field(default_factory=list)
-    truly_malicious: list[bool] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)  # true roles, for scoring only
+    kinds: list[str] = field(default_factory=list)  # true attack types, for scoring only
     failures: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     bytes_up: int = 0
+
+
+def is_malicious(attack: Attack | None) -> bool:
+    """Whether a client run by ``attack`` (None: no attack) is truly malicious."""
+    return attack is not None and attack.role == MALICIOUS
 
 
 class FederatedServer:
@@ -51,7 +57,7 @@ class FederatedServer:
         self.progress = progress
         num_clients = int(self.cfg["num_clients"])
         # ground truth, for scoring only (strategies that report their honest clients' mean)
-        self.honest_clients = [c for c in range(num_clients) if env.attack.role(c, num_clients, env.seed) != MALICIOUS]
+        self.honest_clients = [c for c in range(num_clients) if not is_malicious(env.attack.for_client(c, num_clients, env.seed))]
 
     def run(self, grid: Grid) -> Tensors:
         """Run all rounds; returns the final global state."""
@@ -121,13 +127,20 @@ class FederatedServer:
         privacy = env.privacy.observe(server_round, global_state, got.updates, env)
         verdict = env.defense.screen(server_round, got.updates)
         kept = [u for u, keep in zip(got.updates, verdict.keep) if keep]
+        if verdict.combined is not None:  # a robust aggregate stands in for every kept update
+            kept = [replace(u, update=verdict.combined) for u in kept]
         if kept:
             global_state = strategy.aggregate(server_round, global_state, kept)
         else:
             log.warning("round %d: no update to aggregate; the global model is unchanged", server_round)
 
         test_x, test_y = env.test_data()
-        metrics = strategy.evaluate(global_state, env.new_model, test_x, test_y, self.honest_clients)
+        model = env.new_model()
+        model.load_state_dict(global_state, strict=False)
+        metrics = {
+            **strategy.evaluate(global_state, env.new_model, test_x, test_y, self.honest_clients),
+            **env.attack.test_metrics(model, test_x, test_y),
+        }
         losses = [(u.metrics["train_loss"], u.num_examples) for u in got.updates if "train_loss" in u.metrics]
         train_loss = sum(l * n for l, n in losses) / sum(n for _, n in losses) if losses else None
         record: dict[str, Any] = {
@@ -142,10 +155,10 @@ class FederatedServer:
             "bytes_up": got.bytes_up,
             "bytes_down": sum(record_nbytes(arrays[cid]) for cid in sampled),
             "clients": {
-                str(u.client_id): {**u.metrics, "num_examples": u.num_examples, "malicious": m}
-                for u, m in zip(got.updates, got.truly_malicious)
+                str(u.client_id): {**u.metrics, "num_examples": u.num_examples, "role": r, "kind": k, "label": label}
+                for u, r, k, label in zip(got.updates, got.roles, got.kinds, verdict.labels)
             },
-            "detection": detection_scores(got.truly_malicious, [label != BENIGN for label in verdict.labels]),
+            "detection": detection_scores(got.roles, got.kinds, verdict.labels),
             **privacy,
             "wall_s": time.perf_counter() - started,
         }
@@ -166,7 +179,7 @@ class FederatedServer:
             try:
                 metrics = dict(reply.content["metrics"])
                 got.bytes_up += int(metrics.pop("bytes_up"))
-                malicious = bool(metrics.pop(ROLE_KEY))
+                truth = reply.content[TRUTH_KEY]
                 num_examples = int(metrics.pop("num_examples"))
                 update = self.env.codec.decode(reply.content["update"])
             except Exception as exc:  # a malformed reply must not stop the round
@@ -180,5 +193,6 @@ class FederatedServer:
                 got.rejected.append({"client": cid, "reason": problem})
                 continue
             got.updates.append(ClientUpdate(cid, update, num_examples, {k: float(v) for k, v in metrics.items()}))
-            got.truly_malicious.append(malicious)
+            got.roles.append(str(truth["role"]))
+            got.kinds.append(str(truth["kind"]))
         return got

@@ -11,7 +11,8 @@ from flwr.app import RecordDict
 from flwr.common import serde
 from torch import nn
 
-from compose_run import compose_config, run_rounds
+from tests.compose_run import run_rounds
+from tests.conftest import make_cfg
 from fedsim.state import ClientState, Tensors
 from fedsim.strategies.fedspeed import CORRECTION_KEY, FedSpeed
 from fedsim.strategy import ClientUpdate, LocalTask
@@ -114,7 +115,7 @@ def test_fedspeed_same_seed_same_numbers(tmp_path: Path) -> None:
     first = run_rounds(tmp_path / "a", *args)
     again = run_rounds(tmp_path / "b", *args)
     assert [r["test_acc"] for r in first] == [r["test_acc"] for r in again]
-    cfg = compose_config(*args)
+    cfg = make_cfg(*args)
     assert cfg["strategy"]["num_clients"] == 4  # interpolated from the run's num_clients
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from compose_run import run_rounds
+from tests.compose_run import run_rounds
 from fedsim.evaluation import evaluate
 from fedsim.models import MLP
 from fedsim.strategies.fedavg import FedAvg
@@ -28,5 +28,5 @@ def test_default_evaluate_scores_the_global_model() -> None:
 
 def test_shared_payload_bytes_down_counts_every_sampled_client(tmp_path: Path) -> None:
     rec = run_rounds(tmp_path, "backend=inline", "dataset=digits", "rounds=1", "num_clients=4", "clients_per_round=3")[0]
-    params = (64 * 200 + 200 + 200 * 10 + 10) * 4  # default MLP on 8x8 digits, float32
+    params = (64 * 32 + 32 + 32 * 10 + 10) * 4  # MLP(hidden=[32]) on 8x8 digits, float32
     assert rec["bytes_down"] == 3 * params

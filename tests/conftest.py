@@ -1,0 +1,42 @@
+"""Shared test helpers: compose a run config the way the CLI does, run one client's round."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+from typing import Any  # noqa: E402
+
+from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from fedsim.client import TRUTH_KEY, run_local_round  # noqa: E402
+from fedsim.environment import environment_for  # noqa: E402
+from fedsim.state import Tensors, from_record, to_record  # noqa: E402
+
+FAST = ["backend=inline", "dataset=digits", "progress=false", "model.hidden=[32]"]
+
+
+def make_cfg(*overrides: str) -> dict[str, Any]:
+    """The resolved config for ``overrides`` on top of small, fast defaults."""
+    with initialize_config_module(config_module="fedsim.conf", version_base=None):
+        cfg = compose(config_name="config", overrides=[*FAST, *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def client_round(cfg: dict[str, Any], client_id: int, server_round: int = 1) -> tuple[Tensors, dict[str, str]]:
+    """Run client ``client_id``'s full pipeline on the initial global model: (decoded update, truth)."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID  # as the inline backend
+    env = environment_for(cfg)
+    global_state = env.strategy.init_global(env.new_model())
+    content = RecordDict({"arrays": to_record(global_state), "config": ConfigRecord({"round": server_round})})
+    message = Message(content, dst_node_id=1001 + client_id, message_type="train")
+    context = Context(
+        run_id=1, node_id=1001 + client_id, node_config={"partition-id": client_id}, state=RecordDict(), run_config={}
+    )
+    reply = run_local_round(cfg, message, context)
+    return from_record(reply.content["update"]), dict(reply.content[TRUTH_KEY])
