@@ -9,29 +9,14 @@ import pytest
 import torch
 from flwr.app import RecordDict
 from flwr.common import serde
-from torch import nn
 
-from tests.compose_run import run_rounds
+from tests.strategy_helpers import ce_grad, linear_model, one_sample_task, run_rounds
 from tests.conftest import make_cfg
 from fedsim.state import ClientState, Tensors
 from fedsim.strategies.fedspeed import CORRECTION_KEY, FedSpeed
-from fedsim.strategy import ClientUpdate, LocalTask
+from fedsim.strategy import ClientUpdate
 
 RHO, ALPHA, LAMB, WD, LR, DECAY = 0.5, 0.7, 0.3, 0.01, 0.2, 0.9
-
-
-def linear_model(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
-    model = nn.Linear(2, 2)
-    model.load_state_dict({"weight": weight.clone(), "bias": bias.clone()})
-    return model
-
-
-def ce_grad(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """d/d(w, b) of -log softmax(w x + b)[y], written out: (p - onehot) x^T and p - onehot."""
-    z = w @ x + b
-    p = torch.exp(z - z.max()) / torch.exp(z - z.max()).sum()
-    err = p - torch.nn.functional.one_hot(torch.tensor(y), 2).float()
-    return torch.outer(err, x), err
 
 
 def hand_step(w0, b0, h, x, y, server_round, max_norm):
@@ -45,22 +30,6 @@ def hand_step(w0, b0, h, x, y, server_round, max_norm):
     clip = min(1.0, max_norm / math.sqrt(float(dw.pow(2).sum() + db.pow(2).sum())))
     lr = LR * DECAY ** (server_round - 1)
     return w0 - lr * clip * dw, b0 - lr * clip * db
-
-
-def local_task(cid: int, x: torch.Tensor, y: int, state: Tensors, client_state: ClientState, server_round: int) -> LocalTask:
-    return LocalTask(
-        round=server_round,
-        client_id=cid,
-        model=linear_model(state["weight"], state["bias"]),
-        global_state=state,
-        x=x.unsqueeze(0),
-        y=torch.tensor([y]),
-        lr=LR,
-        local_epochs=1,
-        batch_size=1,
-        generator=torch.Generator().manual_seed(0),
-        client_state=client_state,
-    )
 
 
 @pytest.mark.parametrize("max_norm", [10.0, 0.05])  # unclipped and clipped step
@@ -78,7 +47,7 @@ def test_fedspeed_one_step_two_clients_matches_hand_computation(max_norm: float)
     for cid, ((x, y), cs) in enumerate(zip(data, states)):
         h = cs.get(CORRECTION_KEY) or {k: torch.zeros_like(v) for k, v in state.items()}
         w1, b1 = hand_step(w0, b0, h, x, y, server_round, max_norm)
-        result = strategy.local_update(local_task(cid, x, y, state, cs, server_round))
+        result = strategy.local_update(one_sample_task(cid, x, y, state, cs, server_round, LR))
         torch.testing.assert_close(result.update["weight"], w1 - w0)
         torch.testing.assert_close(result.update["bias"], b1 - b0)
         expected_h.append({"weight": h["weight"] + w1 - w0, "bias": h["bias"] + b1 - b0})
