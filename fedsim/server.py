@@ -17,9 +17,9 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
+from fedsim.attack import MALICIOUS, Attack
 from fedsim.client import TRUTH_KEY
 from fedsim.environment import Config, Environment
-from fedsim.evaluation import evaluate
 from fedsim.results import RunRecorder
 from fedsim.sampling import sample_clients
 from fedsim.scoring import detection_scores
@@ -42,6 +42,11 @@ class Collected:
     bytes_up: int = 0
 
 
+def is_malicious(attack: Attack | None) -> bool:
+    """Whether a client run by ``attack`` (None: no attack) is truly malicious."""
+    return attack is not None and attack.role == MALICIOUS
+
+
 class FederatedServer:
     """Drives the rounds of one run over any Flower ``Grid`` (Ray simulation or inline)."""
 
@@ -50,6 +55,9 @@ class FederatedServer:
         self.cfg: Config = env.cfg
         self.recorder = recorder
         self.progress = progress
+        num_clients = int(self.cfg["num_clients"])
+        # ground truth, for scoring only (strategies that report their honest clients' mean)
+        self.honest_clients = [c for c in range(num_clients) if not is_malicious(env.attack.for_client(c, num_clients, env.seed))]
 
     def run(self, grid: Grid) -> Tensors:
         """Run all rounds; returns the final global state."""
@@ -95,11 +103,15 @@ class FederatedServer:
         started = time.perf_counter()
         env, strategy = self.env, self.env.strategy
         sampled = sample_clients(int(self.cfg["num_clients"]), int(self.cfg["clients_per_round"]), env.seed, server_round)
-        arrays = to_record(global_state)
+        shared = to_record(global_state)
+        arrays = {}
+        for cid in sampled:
+            payload = strategy.payload_for(cid, global_state)
+            arrays[cid] = shared if payload is global_state else to_record(payload)
         config = ConfigRecord({"round": server_round, **strategy.configure_round(server_round)})
         messages = [
             Message(
-                RecordDict({"arrays": arrays, "config": config}),
+                RecordDict({"arrays": arrays[cid], "config": config}),
                 dst_node_id=node_of[cid],
                 message_type="train",
                 group_id=str(server_round),
@@ -122,10 +134,13 @@ class FederatedServer:
         else:
             log.warning("round %d: no update to aggregate; the global model is unchanged", server_round)
 
+        test_x, test_y = env.test_data()
         model = env.new_model()
         model.load_state_dict(global_state, strict=False)
-        test_x, test_y = env.test_data()
-        metrics = {**evaluate(model, test_x, test_y), **env.attack.test_metrics(model, test_x, test_y)}
+        metrics = {
+            **strategy.evaluate(global_state, env.new_model, test_x, test_y, self.honest_clients),
+            **env.attack.test_metrics(model, test_x, test_y),
+        }
         losses = [(u.metrics["train_loss"], u.num_examples) for u in got.updates if "train_loss" in u.metrics]
         train_loss = sum(l * n for l, n in losses) / sum(n for _, n in losses) if losses else None
         record: dict[str, Any] = {
@@ -138,7 +153,7 @@ class FederatedServer:
             "rejected": got.rejected,
             "excluded": [u.client_id for u, keep in zip(got.updates, verdict.keep) if not keep],
             "bytes_up": got.bytes_up,
-            "bytes_down": record_nbytes(arrays) * len(sampled),
+            "bytes_down": sum(record_nbytes(arrays[cid]) for cid in sampled),
             "clients": {
                 str(u.client_id): {**u.metrics, "num_examples": u.num_examples, "role": r, "kind": k, "label": label}
                 for u, r, k, label in zip(got.updates, got.roles, got.kinds, verdict.labels)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fedsim.evaluation import evaluate as evaluate_model
 from fedsim.state import ClientState, Tensors
 
 
@@ -87,6 +88,27 @@ class Strategy(ABC):
     def configure_round(self, server_round: int) -> dict[str, float | int | str]:
         """Extra config sent to every sampled client this round."""
         return {}
+
+    def payload_for(self, client_id: int, global_state: Tensors) -> Tensors:
+        """The arrays sent to ``client_id`` this round: the global state, unless each client keeps its own model."""
+        return global_state
+
+    def evaluate(
+        self,
+        global_state: Tensors,
+        new_model: Callable[[], nn.Module],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        honest_clients: list[int],
+    ) -> dict[str, float]:
+        """Central evaluation after aggregation: the global model's ``test_acc`` and ``test_loss``.
+
+        ``honest_clients`` (the truly benign client ids, for scoring only) serves strategies
+        whose clients keep their own models and report their honest clients' mean.
+        """
+        model = new_model()
+        model.load_state_dict(global_state, strict=False)
+        return evaluate_model(model, x, y)
 
     def upload_shapes(self, global_state: Tensors) -> dict[str, tuple[int, ...]]:
         """The arrays (names and shapes) a valid client upload must hold."""

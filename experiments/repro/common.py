@@ -67,3 +67,13 @@ def finish(passed: bool, message: str) -> None:
     """Print the PASS/FAIL line and exit non-zero on FAIL."""
     print(("PASS: " if passed else "FAIL: ") + message)
     sys.exit(0 if passed else 1)
+
+
+def plot(curves: dict[str, list[float]], title: str, path: Path) -> None:
+    """Test accuracy per round, one line per label."""
+    fig, (ax,) = figure(width=7.0)
+    for label, accs in curves.items():
+        ax.plot(range(1, len(accs) + 1), accs, label=label)
+    ax.set(xlabel="round", ylabel="test accuracy", title=title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, path)
