@@ -107,3 +107,12 @@ def test_spsa_malformed_message_is_refused(env: Environment) -> None:
     truncated = ArrayRecord({"header": record["header"], "codes": ArrayRecord(torch_state_dict={"c": torch.zeros(3, dtype=torch.int8)})["c"]})
     with pytest.raises(ValueError, match="int8 bytes"):
         env.codec.decode(truncated, task.global_state)
+
+
+def test_spsa_ray_backend_matches_inline(simulation) -> None:
+    overrides = OVERRIDES + ["model.hidden=[]", "rounds=2", "num_clients=2", "clients_per_round=2"]
+    _, inline = simulation(overrides)
+    _, ray = simulation(overrides + ["backend=ray", "backend.num_cpus=2"])
+    assert [r["test_loss"] for r in ray] == [r["test_loss"] for r in inline]
+    assert [r["bytes_up"] for r in ray] == [r["bytes_up"] for r in inline]
+    assert all(r["rejected"] == [] and r["clients_aggregated"] == 2 for r in ray)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -74,12 +75,23 @@ def perturb(tensors: list[torch.Tensor], seed: int, scale: float) -> None:
         tensor.add_(z.to(tensor.device), alpha=scale)
 
 
-def spsa_step(tensors: list[torch.Tensor], seed: int, header: SpsaHeader, code: int) -> None:
-    """Apply one step's perturb/restore round trip and its update; client and server run exactly this."""
+def spsa_step(
+    tensors: list[torch.Tensor], seed: int, header: SpsaHeader, *, loss: Callable[[], float] | None = None, code: int = 0
+) -> int:
+    """One MeZO step in place; returns its code. Every participant runs exactly these operations.
+
+    The client passes ``loss`` (evaluated at theta + eps z and theta - eps z) and gets the code it
+    measured; a participant replaying the step passes the received ``code`` instead.
+    """
     perturb(tensors, seed, header.eps)
+    loss_plus = loss() if loss else 0.0
     perturb(tensors, seed, -2 * header.eps)
+    loss_minus = loss() if loss else 0.0
     perturb(tensors, seed, header.eps)
+    if loss:
+        code = header.quantize((loss_plus - loss_minus) / (2 * header.eps))
     perturb(tensors, seed, -header.lr * header.dequantize(code))
+    return code
 
 
 class OneByteSPSA(Codec):
@@ -116,7 +128,7 @@ class OneByteSPSA(Codec):
         missing = [name for name in task.global_state if name not in params]
         if missing:
             raise ValueError(f"compression=spsa_one_byte perturbs parameters only; the model shares non-parameters {missing}")
-        tensors = [params[name].data for name in task.global_state]
+        tensors = [params[name].data for name in sorted(task.global_state)]
         header = SpsaHeader(
             task.round, task.client_id, 0, as_float32(task.lr), as_float32(self.eps), as_float32(self.log2_min), as_float32(self.log2_step)
         )
@@ -124,16 +136,13 @@ class OneByteSPSA(Codec):
         losses: list[float] = []
         task.model.eval()
         with torch.no_grad():
-            for step, (x, y) in enumerate(task.batches()):  # the same perturbation sequence as spsa_step
-                seed = self.step_seed(task.round, task.client_id, step)
-                perturb(tensors, seed, header.eps)
-                loss_plus = float(cross_entropy(task.model, x, y))
-                perturb(tensors, seed, -2 * header.eps)
-                loss_minus = float(cross_entropy(task.model, x, y))
-                perturb(tensors, seed, header.eps)
-                codes.append(header.quantize((loss_plus - loss_minus) / (2 * header.eps)))
-                perturb(tensors, seed, -header.lr * header.dequantize(codes[-1]))
-                losses.append((loss_plus + loss_minus) / 2)
+            for step, (x, y) in enumerate(task.batches()):
+
+                def loss(x: torch.Tensor = x, y: torch.Tensor = y) -> float:
+                    losses.append(float(cross_entropy(task.model, x, y)))
+                    return losses[-1]
+
+                codes.append(spsa_step(tensors, self.step_seed(task.round, task.client_id, step), header, loss=loss))
         message = {"header": replace(header, steps=len(codes)).pack(), "codes": torch.tensor(codes, dtype=torch.int8)}
         return LocalResult(message, len(task.y), {"train_loss": sum(losses) / max(len(losses), 1), "spsa_steps": len(codes)})
 
@@ -149,9 +158,9 @@ class OneByteSPSA(Codec):
         if codes.dtype != np.int8 or codes.shape != (header.steps,):
             raise ValueError(f"SPSA codes must be {header.steps} int8 bytes, got {codes.shape} {codes.dtype}")
         model = {name: tensor.detach().clone() for name, tensor in global_state.items()}
-        tensors = list(model.values())
+        tensors = [model[name] for name in sorted(model)]
         for step, code in enumerate(codes.tolist()):
-            spsa_step(tensors, self.step_seed(header.round, header.client_id, step), header, code)
+            spsa_step(tensors, self.step_seed(header.round, header.client_id, step), header, code=code)
         return model
 
     def decode(self, record: ArrayRecord, global_state: Tensors) -> Tensors:
