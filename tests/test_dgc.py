@@ -114,12 +114,19 @@ def test_dgc_rejects_bad_hyperparameters(kwargs: dict, field: str) -> None:
         DeepGradientCompression(**kwargs)
 
 
-def test_dgc_run_records_bytes_and_ratio_and_learns(simulation) -> None:
-    overrides = ["rounds=30", "num_clients=4", "clients_per_round=4", "batch_size=100000", "lr=0.1", "seed=1"]
+MODES = {
+    "per-step": ["rounds=30", "batch_size=100000", "lr=0.1"],  # FedSGD: one full-batch step per round
+    "model-delta": ["rounds=15", "batch_size=32", "lr=0.05"],  # a round of local SGD, its delta compressed
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_dgc_run_records_bytes_and_ratio_and_learns(simulation, mode: str) -> None:
+    overrides = ["num_clients=4", "clients_per_round=4", "seed=1", *MODES[mode]]
     _, dense = simulation(overrides)
     _, sparse = simulation(overrides + ["compression=dgc", "compression.sparsity=0.99", "compression.min_dims=1"])
     for record in sparse:
         for client in record["clients"].values():
             assert client["compression_ratio"] > 45  # 1% density, 8 bytes per sent entry
     assert sum(r["bytes_up"] for r in dense) / sum(r["bytes_up"] for r in sparse) > 45
-    assert sparse[-1]["test_acc"] > 0.85 and sparse[-1]["test_acc"] > dense[-1]["test_acc"] - 0.05
+    assert sparse[-1]["test_acc"] > 0.85 and sparse[-1]["test_acc"] > dense[-1]["test_acc"] - 0.03
