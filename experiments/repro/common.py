@@ -23,6 +23,25 @@ def run(name: str, overrides: list[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
 
 
+def plot_curves(curves: dict[str, list[float]], ylabel: str, title: str, filename: str) -> None:
+    """One line per labelled per-round curve, saved as out/<filename>."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, label=label)
+    ax.set(xlabel="round", ylabel=ylabel, title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(OUT / filename, dpi=100)
+    plt.close(fig)
+    print(f"plot: {OUT / filename}")
+
+
 def finish(passed: bool, claim: str) -> None:
     """Print the verdict line and exit non-zero on failure."""
     print(("PASS: " if passed else "FAIL: ") + claim)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, finish, run  # noqa: E402
+from common import finish, plot_curves, run  # noqa: E402
 
 SEEDS = (0, 1, 2)
 BASE = [
@@ -41,7 +41,10 @@ def main() -> None:
     for method, r in results.items():
         accs = " ".join(f"{a:.3f}" for a in r["acc"])
         print(f"{method:<16} {statistics.mean(r['acc']):>8.4f} ({accs}) {r['mb_up']:>10.4f} {dense_mb / r['mb_up']:>8.1f}")
-    plot(results)
+    plot_curves(
+        {f"{method} ({r['mb_up']:.3f} MB up)": r["curve"] for method, r in results.items()},
+        "test accuracy", "DGC at 99.9% sparsity, digits MLP, 4 clients", "dgc.png",
+    )
     dgc, topk, dense = (statistics.mean(results[m]["acc"]) for m in ("DGC", "top-k", "dense momentum"))
     ratio = dense_mb / results["DGC"]["mb_up"]
     passed = dense - dgc <= 0.02 and ratio >= 100 and dgc - topk >= 0.01
@@ -51,23 +54,6 @@ def main() -> None:
         f"<= 2 required), {ratio:.0f}x fewer uplink bytes (>= 100 required), plain top-k {topk:.4f} "
         f"({100 * (dgc - topk):.2f} points below DGC, >= 1 required)",
     )
-
-
-def plot(results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, r in results.items():
-        ax.plot(range(1, len(r["curve"]) + 1), r["curve"], label=f"{method} ({r['mb_up']:.3f} MB up)")
-    ax.set(xlabel="round", ylabel="test accuracy", title="DGC at 99.9% sparsity, digits MLP, 4 clients", ylim=(0, 1))
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(OUT / "dgc.png", dpi=100)
-    print(f"plot: {OUT / 'dgc.png'}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, finish, run  # noqa: E402
+from common import finish, plot_curves, run  # noqa: E402
 
 HEADER_BYTES = 28
 BASE = [
@@ -34,7 +34,11 @@ def main() -> None:
           f"byte/step + {HEADER_BYTES} B header per message), FedAvg {fedavg_bytes:,}: {fedavg_bytes / spsa_bytes:.0f}x fewer")
     model_bytes = fedavg[0]["bytes_up"] // len(fedavg[0]["clients"])
     print(f"per local step: SPSA 1 byte vs {model_bytes:,} bytes for a float32 gradient ({model_bytes}x)")
-    plot(spsa, fedavg)
+    plot_curves(
+        {f"one-byte SPSA: {spsa_bytes:,} B up": [r["test_loss"] for r in spsa],
+         f"FedAvg (float32 deltas): {fedavg_bytes:,} B up": [r["test_loss"] for r in fedavg]},
+        "test cross-entropy", "One-byte SPSA, logistic regression on digits, 4 clients", "spsa.png",
+    )
     start, end = spsa[0]["test_loss"], spsa[-1]["test_loss"]
     passed = exact and rejected == 0 and end < 0.8 * start and spsa[-1]["test_acc"] >= 0.8
     finish(
@@ -43,24 +47,6 @@ def main() -> None:
         f"{spsa[-1]['test_acc']:.4f} (>= 0.80 required; FedAvg {fedavg[-1]['test_acc']:.4f}), exactly 1 byte per step "
         f"+ {HEADER_BYTES} B header: {exact}, {rejected} rejected rebuilds, {fedavg_bytes / spsa_bytes:.0f}x fewer uplink bytes",
     )
-
-
-def plot(spsa: list[dict], fedavg: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, records in (("one-byte SPSA", spsa), ("FedAvg (float32 deltas)", fedavg)):
-        total = sum(r["bytes_up"] for r in records)
-        ax.plot([r["round"] for r in records], [r["test_loss"] for r in records], label=f"{name}: {total:,} B up")
-    ax.set(xlabel="round", ylabel="test cross-entropy", title="One-byte SPSA, logistic regression on digits, 4 clients")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(OUT / "spsa.png", dpi=100)
-    print(f"plot: {OUT / 'spsa.png'}")
 
 
 if __name__ == "__main__":
