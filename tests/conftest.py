@@ -1,4 +1,4 @@
-"""Shared test helpers: compose the Hydra config and run a small simulation."""
+"""Shared test helpers: compose a fedsim config exactly as the CLI does, and run it."""
 
 from __future__ import annotations
 
@@ -12,23 +12,34 @@ from omegaconf import OmegaConf
 
 from fedsim.simulation import simulate
 
+SMALL = ["dataset=digits", "num_clients=4", "clients_per_round=4", "rounds=2", "progress=false", "backend=inline"]
 
-def compose_config(overrides: list[str]) -> dict[str, Any]:
-    """The resolved config for ``overrides`` (on top of a fast inline/digits base)."""
-    base = ["backend=inline", "dataset=digits", "progress=false"]
+
+def make_config(*overrides: str) -> dict[str, Any]:
+    """The resolved config for ``overrides`` (applied after a small, fast default set)."""
     with initialize_config_module(config_module="fedsim.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=base + overrides)
+        cfg = compose(config_name="config", overrides=[*SMALL, *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def run_simulation(out_dir: Path, overrides: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run a simulation; returns its summary and its rounds.jsonl records."""
-    summary = simulate(compose_config(overrides), out_dir, progress=False)
-    records = [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
-    return summary, records
+def read_rounds(out_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's rounds.jsonl."""
+    return [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def metrics_only(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Round records without wall-clock fields, for equality checks."""
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
 
 
 @pytest.fixture
-def simulation(tmp_path: Path):
-    """``simulation(overrides)`` -> (summary, records), run in a fresh tmp folder."""
-    return lambda overrides: run_simulation(tmp_path, overrides)
+def run_sim(tmp_path: Path):
+    """Run a simulation from overrides into a fresh folder; returns (summary, rounds records, folder)."""
+    counter = iter(range(1000))
+
+    def _run(*overrides: str) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+        out = tmp_path / f"run{next(counter)}"
+        summary = simulate(make_config(*overrides), out, progress=False)
+        return summary, read_rounds(out), out
+
+    return _run

@@ -121,10 +121,10 @@ MODES = {
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_dgc_run_records_bytes_and_ratio_and_learns(simulation, mode: str) -> None:
+def test_dgc_run_records_bytes_and_ratio_and_learns(run_sim, mode: str) -> None:
     overrides = ["num_clients=4", "clients_per_round=4", "seed=1", *MODES[mode]]
-    _, dense = simulation(overrides)
-    _, sparse = simulation(overrides + ["compression=dgc", "compression.sparsity=0.99", "compression.min_dims=1"])
+    _, dense, _ = run_sim(*overrides)
+    _, sparse, _ = run_sim(*overrides, *["compression=dgc", "compression.sparsity=0.99", "compression.min_dims=1"])
     for record in sparse:
         for client in record["clients"].values():
             assert client["compression_ratio"] > 45  # 1% density, 8 bytes per sent entry

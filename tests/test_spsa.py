@@ -13,7 +13,7 @@ from fedsim.environment import Environment
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState
 from fedsim.strategy import LocalTask
-from tests.conftest import compose_config
+from tests.conftest import make_config
 
 HEADER_BYTES = 28
 OVERRIDES = ["compression=spsa_one_byte", "model.hidden=[16]", "num_clients=4", "lr=0.01", "batch_size=32"]
@@ -35,7 +35,7 @@ def client_round(env: Environment, client_id: int, server_round: int) -> tuple[L
 
 @pytest.fixture(scope="module")
 def env() -> Environment:
-    return Environment.from_config(compose_config(OVERRIDES))
+    return Environment.from_config(make_config(*OVERRIDES))
 
 
 def test_spsa_server_rebuild_equals_client_model_bit_for_bit(env: Environment) -> None:
@@ -66,8 +66,8 @@ def test_spsa_message_is_one_byte_per_step_plus_header(env: Environment) -> None
     assert env.codec.wire_bytes(record) == steps + HEADER_BYTES
 
 
-def test_spsa_run_uploads_one_byte_per_step_and_loss_falls_with_clients_joining_and_leaving(simulation) -> None:
-    _, records = simulation(OVERRIDES + ["model.hidden=[]", "rounds=12", "num_clients=6", "clients_per_round=3"])
+def test_spsa_run_uploads_one_byte_per_step_and_loss_falls_with_clients_joining_and_leaving(run_sim) -> None:
+    _, records, _ = run_sim(*OVERRIDES, "model.hidden=[]", "rounds=12", "num_clients=6", "clients_per_round=3")
     seen = [set(r["clients"]) for r in records]
     assert len(set().union(*seen)) == 6 and any(a != b for a, b in zip(seen, seen[1:]))  # membership changes
     for record in records:
@@ -109,10 +109,10 @@ def test_spsa_malformed_message_is_refused(env: Environment) -> None:
         env.codec.decode(truncated, task.global_state)
 
 
-def test_spsa_ray_backend_matches_inline(simulation) -> None:
-    overrides = OVERRIDES + ["model.hidden=[]", "rounds=2", "num_clients=2", "clients_per_round=2"]
-    _, inline = simulation(overrides)
-    _, ray = simulation(overrides + ["backend=ray", "backend.num_cpus=2"])
+def test_spsa_ray_backend_matches_inline(run_sim) -> None:
+    overrides = [*OVERRIDES, "model.hidden=[]", "rounds=2", "num_clients=2", "clients_per_round=2"]
+    _, inline, _ = run_sim(*overrides)
+    _, ray, _ = run_sim(*overrides, "backend=ray", "backend.num_cpus=2")
     assert [r["test_loss"] for r in ray] == [r["test_loss"] for r in inline]
     assert [r["bytes_up"] for r in ray] == [r["bytes_up"] for r in inline]
     assert all(r["rejected"] == [] and r["clients_aggregated"] == 2 for r in ray)
