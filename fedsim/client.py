@@ -8,6 +8,8 @@ scoring only).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -56,20 +58,29 @@ def run_local_round(cfg: Config, message: Message, context: Context) -> Message:
         client_state=client_state,
         config=round_config,
     )
-    result = env.strategy.local_update(task)
+    result = env.codec.local_update(task)
+    if result is None:
+        result = env.strategy.local_update(task)
     update = result.update
     if attack is not None:
         update = attack.poison_update(update, torch_generator(env.seed, "update-attack", server_round, cid))
     encoded = env.codec.encode(update, client_state, server_round)
+    bytes_up = env.codec.wire_bytes(encoded)
     metrics = {
         "num_examples": result.num_examples,
-        "bytes_up": env.codec.wire_bytes(encoded),
+        "bytes_up": bytes_up,
+        "compression_ratio": dense_upload_bytes(env.strategy.upload_shapes(global_state)) / max(bytes_up, 1),
         **result.metrics,
     }
     acting = attack or Attack()  # the base Attack is the benign client
     truth = ConfigRecord({"role": acting.role, "kind": acting.name})
     content = RecordDict({"update": encoded, "metrics": MetricRecord(metrics), TRUTH_KEY: truth})
     return Message(content, reply_to=message)
+
+
+def dense_upload_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Bytes of the strategy's upload sent uncompressed as float32: the reference for the compression ratio."""
+    return sum(4 * math.prod(shape) for shape in shapes.values())
 
 
 def build_client_app(cfg: Config) -> ClientApp:

@@ -120,7 +120,7 @@ class FederatedServer:
         ]
         replies = grid.send_and_receive(messages)
         client_of = {node: cid for cid, node in node_of.items()}
-        got = self.collect(server_round, replies, client_of, strategy.upload_shapes(global_state))
+        got = self.collect(server_round, replies, client_of, global_state)
         for cid in sorted(set(sampled) - {client_of[r.metadata.src_node_id] for r in replies}):
             got.failures.append({"client": cid, "reason": "no reply"})
 
@@ -165,10 +165,14 @@ class FederatedServer:
         return record, global_state
 
     def collect(
-        self, server_round: int, replies: list[Message], client_of: dict[int, int], expected: dict[str, tuple[int, ...]]
+        self, server_round: int, replies: list[Message], client_of: dict[int, int], global_state: Tensors
     ) -> Collected:
-        """Decode and validate the replies in client order; refusals are logged and recorded."""
+        """Decode and validate the replies in client order; refusals are logged and recorded.
+
+        Each accepted client's metrics keep its ``bytes_up`` (and ``compression_ratio``) for the record.
+        """
         got = Collected()
+        expected = self.env.strategy.upload_shapes(global_state)
         max_norm = self.cfg.get("max_update_norm")
         for reply in sorted(replies, key=lambda r: client_of[r.metadata.src_node_id]):
             cid = client_of[reply.metadata.src_node_id]
@@ -178,10 +182,10 @@ class FederatedServer:
                 continue
             try:
                 metrics = dict(reply.content["metrics"])
-                got.bytes_up += int(metrics.pop("bytes_up"))
+                got.bytes_up += int(metrics["bytes_up"])
                 truth = reply.content[TRUTH_KEY]
                 num_examples = int(metrics.pop("num_examples"))
-                update = self.env.codec.decode(reply.content["update"])
+                update = self.env.codec.decode(reply.content["update"], global_state)
             except Exception as exc:  # a malformed reply must not stop the round
                 problem = f"undecodable reply: {type(exc).__name__}: {exc}"
             else:

@@ -1,4 +1,4 @@
-"""Shared helpers of the poisoning reproductions: compose a config, run it, read its rounds."""
+"""Shared helpers of the reproduction scripts: compose a config, run it, read its rounds."""
 
 from __future__ import annotations
 
@@ -69,11 +69,11 @@ def finish(passed: bool, message: str) -> None:
     sys.exit(0 if passed else 1)
 
 
-def plot(curves: dict[str, list[float]], title: str, path: Path) -> None:
-    """Test accuracy per round, one line per label."""
+def plot(curves: dict[str, list[float]], title: str, path: Path, ylabel: str = "test accuracy") -> None:
+    """One line per labelled per-round curve, saved at ``path``."""
     fig, (ax,) = figure(width=7.0)
-    for label, accs in curves.items():
-        ax.plot(range(1, len(accs) + 1), accs, label=label)
-    ax.set(xlabel="round", ylabel="test accuracy", title=title)
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, label=label)
+    ax.set(xlabel="round", ylabel=ylabel, title=title)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path)

@@ -1,0 +1,1 @@
+"""Concrete compression codecs (``compression=``), each a subclass of :class:`fedsim.codec.Codec`."""

@@ -1,0 +1,118 @@
+"""One-byte SPSA: bit-exact server rebuild from seeds + bytes, one byte per step, the code, learning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, RecordDict
+
+from fedsim.compression.spsa import OneByteSPSA, SpsaHeader
+from fedsim.environment import Environment
+from fedsim.seeding import torch_generator
+from fedsim.state import ClientState
+from fedsim.strategy import LocalTask
+from tests.conftest import make_config
+
+HEADER_BYTES = 28
+OVERRIDES = ["compression=spsa_one_byte", "model.hidden=[16]", "num_clients=4", "lr=0.01", "batch_size=32"]
+
+
+def client_round(env: Environment, client_id: int, server_round: int) -> tuple[LocalTask, ArrayRecord]:
+    """What the client pipeline does: local (zeroth-order) update, then encode."""
+    model = env.new_model()
+    global_state = env.strategy.init_global(model)
+    x, y = env.client_data(client_id)
+    task = LocalTask(
+        round=server_round, client_id=client_id, model=model, global_state=global_state, x=x, y=y, lr=0.01,
+        local_epochs=2, batch_size=32, generator=torch_generator(env.seed, "train", server_round, client_id),
+        client_state=ClientState(RecordDict()),
+    )
+    result = env.codec.local_update(task)
+    return task, env.codec.encode(result.update, task.client_state, server_round)
+
+
+@pytest.fixture(scope="module")
+def env() -> Environment:
+    return Environment.from_config(make_config(*OVERRIDES))
+
+
+def test_spsa_server_rebuild_equals_client_model_bit_for_bit(env: Environment) -> None:
+    task, record = client_round(env, client_id=2, server_round=3)
+    client_model = task.model.state_dict()
+    assert any(not torch.equal(client_model[k], task.global_state[k]) for k in task.global_state)  # it trained
+    fresh = OneByteSPSA(seed=env.seed)  # any participant: nothing shared but the run seed
+    rebuilt = fresh.rebuild(record, task.global_state)
+    assert all(torch.equal(rebuilt[k], client_model[k]) for k in client_model)
+    delta = fresh.decode(record, task.global_state)
+    assert all(torch.equal(delta[k], rebuilt[k] - task.global_state[k]) for k in delta)
+
+
+def test_spsa_rebuild_needs_the_shared_seed(env: Environment) -> None:
+    task, record = client_round(env, client_id=0, server_round=1)
+    wrong = OneByteSPSA(seed=env.seed + 1).rebuild(record, task.global_state)
+    assert not torch.equal(wrong["net.1.weight"], task.model.state_dict()["net.1.weight"])
+
+
+def test_spsa_message_is_one_byte_per_step_plus_header(env: Environment) -> None:
+    task, record = client_round(env, client_id=1, server_round=1)
+    steps = 2 * math.ceil(len(task.y) / 32)
+    assert set(record) == {"header", "codes"}
+    assert record["codes"].numpy().dtype == "int8" and record["codes"].numpy().shape == (steps,)
+    assert record["header"].numpy().nbytes == HEADER_BYTES
+    header = SpsaHeader.unpack(record["header"].numpy())
+    assert (header.round, header.client_id, header.steps) == (1, 1, steps)
+    assert env.codec.wire_bytes(record) == steps + HEADER_BYTES
+
+
+def test_spsa_run_uploads_one_byte_per_step_and_loss_falls_with_clients_joining_and_leaving(run_sim) -> None:
+    _, records, _ = run_sim(*OVERRIDES, "model.hidden=[]", "rounds=12", "num_clients=6", "clients_per_round=3")
+    seen = [set(r["clients"]) for r in records]
+    assert len(set().union(*seen)) == 6 and any(a != b for a, b in zip(seen, seen[1:]))  # membership changes
+    for record in records:
+        assert record["rejected"] == [] and record["failures"] == [] and record["clients_aggregated"] == 3
+        for client in record["clients"].values():
+            assert client["bytes_up"] == client["spsa_steps"] + HEADER_BYTES
+            assert client["compression_ratio"] > 20
+    assert records[-1]["test_loss"] < records[0]["test_loss"] - 0.4
+
+
+def test_spsa_byte_code_is_logarithmic_signed_and_clipped() -> None:
+    codec = OneByteSPSA(seed=0, grad_min=1e-4, grad_max=1e2)
+    header = SpsaHeader(1, 0, 0, 0.01, 1e-3, codec.log2_min, codec.log2_step)
+    assert header.quantize(0.0) == 0 and header.dequantize(0) == 0.0
+    assert header.quantize(1e-6) == 0 and header.quantize(float("nan")) == 0
+    assert header.quantize(1e9) == 127 and header.quantize(-float("inf")) == -127
+    max_error = 2 ** (codec.log2_step / 2) - 1
+    for g in torch.logspace(-3.999, 2, 200, dtype=torch.float64).tolist():
+        for signed in (g, -g):
+            code = header.quantize(signed)
+            assert -127 <= code <= 127 and math.copysign(1, code) == math.copysign(1, signed)
+            assert abs(header.dequantize(code) / signed - 1) <= max_error + 1e-12
+            assert header.quantize(header.dequantize(code)) == code
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"eps": 0}, "compression.eps"), ({"grad_min": -1}, "compression.grad_min"), ({"grad_max": 1e-5}, "compression.grad_max")],
+)
+def test_spsa_rejects_bad_hyperparameters(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        OneByteSPSA(seed=0, **kwargs)
+
+
+def test_spsa_malformed_message_is_refused(env: Environment) -> None:
+    task, record = client_round(env, client_id=0, server_round=1)
+    truncated = ArrayRecord({"header": record["header"], "codes": ArrayRecord(torch_state_dict={"c": torch.zeros(3, dtype=torch.int8)})["c"]})
+    with pytest.raises(ValueError, match="int8 bytes"):
+        env.codec.decode(truncated, task.global_state)
+
+
+def test_spsa_ray_backend_matches_inline(run_sim) -> None:
+    overrides = [*OVERRIDES, "model.hidden=[]", "rounds=2", "num_clients=2", "clients_per_round=2"]
+    _, inline, _ = run_sim(*overrides)
+    _, ray, _ = run_sim(*overrides, "backend=ray", "backend.num_cpus=2")
+    assert [r["test_loss"] for r in ray] == [r["test_loss"] for r in inline]
+    assert [r["bytes_up"] for r in ray] == [r["bytes_up"] for r in inline]
+    assert all(r["rejected"] == [] and r["clients_aggregated"] == 2 for r in ray)
