@@ -59,7 +59,7 @@ class GIFD(GradientInversion):
         steps: int = 150,
         restarts: int = 2,
         lr: float = 0.1,
-        feature_lr: float = 0.03,
+        feature_lr: float = 0.1,
         radii: Sequence[float] = (0.3, 0.3, 0.3),
         tv_weight: float = 1e-4,
         l2_weight: float = 1e-4,

@@ -53,6 +53,8 @@ def label_accuracy(true_y: np.ndarray, rec_y: np.ndarray) -> float:
 
 def score_batch(true_px: np.ndarray, true_y: np.ndarray, rec_px: np.ndarray, rec_y: np.ndarray) -> dict[str, float]:
     """Mean PSNR/SSIM/MSE over matched image pairs, per-image PSNRs, and label accuracy."""
+    if true_px.shape != rec_px.shape or true_y.shape != rec_y.shape:
+        raise ValueError(f"reconstruction {rec_px.shape}/{rec_y.shape} does not match the batch {true_px.shape}/{true_y.shape}")
     order = match_order(true_px, rec_px)
     pairs = [(true_px[i], rec_px[j]) for i, j in enumerate(order)]
     psnrs = [psnr(t, r) for t, r in pairs]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from flwr.app import RecordDict
 from torch import nn
 
 from fedsim.attacks.gifd import GIFD, project_onto_l1_ball
@@ -13,6 +14,9 @@ from fedsim.data import digits
 from fedsim.inversion import InversionTarget
 from fedsim.models import CNN
 from fedsim.reconstruction_scores import PSNR_CAP_DB, score_batch
+from fedsim.state import ClientState
+from fedsim.strategies.fedavg import FedAvg
+from fedsim.strategy import LocalTask
 
 DATA = digits()
 
@@ -63,6 +67,26 @@ def test_inversion_short_ig_run_reduces_matching_loss():
     images, after = attack.trial(target, y)
     assert after < 0.5 * before
     assert torch.equal(images, images.clamp(target.from_pixels(torch.zeros(1)), target.from_pixels(torch.ones(1))))
+
+
+def test_inversion_simulates_a_multi_step_local_update_exactly():
+    torch.manual_seed(0)
+    model = CNN(DATA.input_shape, 10, channels=(8,), hidden=32)
+    x, y = torch.from_numpy(DATA.x_train[[0, 400, 800]]), torch.from_numpy(DATA.y_train[[0, 400, 800]])
+    local = CNN(DATA.input_shape, 10, channels=(8,), hidden=32)
+    local.load_state_dict(model.state_dict())
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    task = LocalTask(1, 0, local, start, x, y, 0.5, 1, 1, torch.Generator().manual_seed(5), ClientState(RecordDict()))
+    update = FedAvg().local_update(task).update  # 3 SGD steps of one image each, in a shuffled order
+    target = InversionTarget.from_update(model, update, DATA, 0.5, 1, 1, 3, torch.Generator())
+    assert target.local_steps == 3
+    order = torch.randperm(3, generator=torch.Generator().manual_seed(5))  # the client's order (the batch is free)
+    simulated = target.simulate_update(x[order], y[order])
+    one_step = {k: -0.5 * 3 * g for k, g in target.gradient(x, y).items()}  # the FedSGD reading of the same update
+    for k in update:
+        assert torch.allclose(simulated[k], update[k], rtol=1e-4, atol=1e-6)
+    error = sum((one_step[k] - update[k]).norm() for k in update) / sum(update[k].norm() for k in update)
+    assert error > 0.05  # treating the update as one gradient step is measurably off
 
 
 def test_gifd_l1_projection_holds_after_every_step(tmp_path):

@@ -72,15 +72,17 @@ def main() -> int:
     attacks = {
         "DLG": DLG(iterations=100), "iDLG": IDLG(iterations=100), "IG": InvertingGradients(iterations=300), "GIFD": gifd,
     }
-    # batches: 20 single images (iDLG's label gate), 4 for the other methods at bs 1; 2 batches of 4 distinct labels
-    singles = list(range(20))
-    fours = [np.array([i for i in range(40, 80) if data.y_train[i] not in data.y_train[40:i]][:4]),
-             np.array([i for i in range(80, 120) if data.y_train[i] not in data.y_train[80:i]][:4])]
+    # the train split is sorted by class: draw the attacked images in a seeded random order
+    order = np.random.default_rng(SEED).permutation(len(data.y_train))
+    singles = order[:20]  # 20 single images (iDLG's label gate); the first 4 for the other methods
+    rest = order[20:]
+    fours = [rest[8 * b : 8 * b + 8][np.unique(data.y_train[rest[8 * b : 8 * b + 8]], return_index=True)[1][:4]]
+             for b in range(2)]  # 2 batches of 4 images with distinct labels
     rows, results = [], {}
     for state, model in (("untrained", untrained), ("trained", trained)):
         for bs, batches in ((1, [np.array([i]) for i in singles]), (4, fours)):
             for name in ["random", *attacks]:
-                chosen = batches if (name == "iDLG" or name == "random") and bs == 1 else batches[:4]
+                chosen = batches if name in ("iDLG", "random") else batches[:4]
                 scores, seconds = [], 0.0
                 for b, idx in enumerate(chosen):
                     x, y = torch.from_numpy(data.x_train[idx]), torch.from_numpy(data.y_train[idx])
