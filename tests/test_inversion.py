@@ -8,9 +8,9 @@ import torch
 from flwr.app import RecordDict
 from torch import nn
 
-from fedsim.attacks.gifd import GIFD, project_onto_l1_ball
+from fedsim.attacks.gifd import GIFD, auxiliary_pixels, project_onto_l1_ball
 from fedsim.attacks.inverting_gradients import InvertingGradients
-from fedsim.data import digits
+from fedsim.data import ImageData, digits
 from fedsim.inversion import InversionTarget
 from fedsim.models import CNN
 from fedsim.reconstruction_scores import PSNR_CAP_DB, score_batch
@@ -160,3 +160,11 @@ def test_inversion_through_ray_backend(run_sim):
     privacy = rounds[0]["privacy"]
     assert privacy["label_acc"] == 1.0 and privacy["psnr"] > 11.0  # 7 images, 100 L-BFGS steps; random ~8 dB
     assert list(out.glob("privacy_IDLG_round1_client*.png"))
+
+
+def test_gifd_out_of_distribution_prior_images_are_resized_digits():
+    target_like = ImageData("tiny", np.zeros((1, 3, 16, 12), np.float32), np.zeros(1, np.int64),
+                            np.zeros((1, 3, 16, 12), np.float32), np.zeros(1, np.int64), 10, (0.5,) * 3, (0.25,) * 3)
+    pixels = auxiliary_pixels("digits", target_like)
+    assert pixels.shape == (1797, 3, 16, 12) and pixels.min() >= 0.0 and pixels.max() <= 1.0
+    assert pixels.std() > 0.1  # real digit strokes, not blank images
