@@ -7,7 +7,8 @@ class is the ``privacy_attack=none`` component.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate
@@ -20,7 +21,12 @@ class PrivacyAttack:
     """No privacy attack: the server observes nothing."""
 
     def observe(
-        self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], env: "Environment"
-    ) -> dict[str, float]:
-        """Inspect this round's updates; return metrics for rounds.jsonl."""
+        self,
+        server_round: int,
+        global_state: Tensors,
+        updates: list[ClientUpdate],
+        env: "Environment",
+        out_dir: Path,
+    ) -> dict[str, Any]:
+        """Inspect this round's updates; return fields for rounds.jsonl (plots may go to the run folder ``out_dir``)."""
         return {}

@@ -124,7 +124,7 @@ class FederatedServer:
         for cid in sorted(set(sampled) - {client_of[r.metadata.src_node_id] for r in replies}):
             got.failures.append({"client": cid, "reason": "no reply"})
 
-        privacy = env.privacy.observe(server_round, global_state, got.updates, env)
+        privacy = env.privacy.observe(server_round, global_state, got.updates, env, self.recorder.out_dir)
         verdict = env.defense.screen(server_round, got.updates)
         kept = [u for u, keep in zip(got.updates, verdict.keep) if keep]
         if verdict.combined is not None:  # a robust aggregate stands in for every kept update

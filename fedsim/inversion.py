@@ -1,0 +1,262 @@
+"""The base of gradient-inversion privacy attacks (DLG, iDLG, Inverting Gradients, GIFD).
+
+An honest-but-curious server holds the public model (the global state it sent), the
+decoded update of a client, and the training hyper-parameters (learning rate, local
+epochs, batch size, number of examples). :class:`InversionTarget` packages exactly
+that and offers what every attack is built from: the gradient or the simulated
+local update of candidate images, the matching distances, total variation, and the
+iDLG label rule. :class:`GradientInversion` is the observer: it picks the targeted
+clients and rounds, asks the concrete attack for a reconstruction, scores it against
+the client's true batch (known only to the simulator) and draws the PNG grid.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fedsim.data import ImageData
+from fedsim.privacy import PrivacyAttack
+from fedsim.reconstruction_scores import save_grid, score_batch
+from fedsim.seeding import torch_generator
+from fedsim.state import Tensors
+from fedsim.strategy import ClientUpdate
+
+if TYPE_CHECKING:
+    from fedsim.environment import Environment
+
+LABEL_SOURCES = ("infer", "known")
+
+
+@dataclass
+class InversionTarget:
+    """What the server knows about one client's update, and the differentiable tools to invert it."""
+
+    model: nn.Module  # the public model: the global state the client started from
+    update: Tensors  # the decoded update, restricted to the model's parameters
+    lr: float
+    local_epochs: int
+    batch_size: int
+    num_images: int
+    num_classes: int
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    mean: torch.Tensor  # (C, 1, 1) normalisation of the model's inputs
+    std: torch.Tensor
+    generator: torch.Generator  # the attack's own randomness
+
+    @classmethod
+    def from_update(
+        cls,
+        model: nn.Module,
+        update: Tensors,
+        data: ImageData,
+        lr: float,
+        local_epochs: int,
+        batch_size: int,
+        num_images: int,
+        generator: torch.Generator,
+    ) -> "InversionTarget":
+        device = next(model.parameters()).device
+        names = {name for name, _ in model.named_parameters()}
+        stats = [torch.tensor(v, dtype=torch.float32, device=device)[:, None, None] for v in (data.mean, data.std)]
+        return cls(
+            model=model.eval(),
+            update={k: v.detach().to(device) for k, v in update.items() if k in names},
+            lr=lr,
+            local_epochs=local_epochs,
+            batch_size=batch_size,
+            num_images=num_images,
+            num_classes=data.num_classes,
+            image_shape=data.input_shape,
+            mean=stats[0],
+            std=stats[1],
+            generator=generator,
+        )
+
+    @property
+    def local_steps(self) -> int:
+        """SGD steps the client took this round."""
+        return self.local_epochs * math.ceil(self.num_images / self.batch_size)
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised model inputs -> pixel units."""
+        return x * self.std + self.mean
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel units -> normalised model inputs."""
+        return (pixels - self.mean) / self.std
+
+    def clamp_to_pixel_box(self, x: torch.Tensor) -> None:
+        """In place: keep normalised images inside the valid pixel range [0, 1]."""
+        x.copy_(self.from_pixels(self.to_pixels(x).clamp(0.0, 1.0)))
+
+    def random_images(self, *shape: int) -> torch.Tensor:
+        """Standard-normal candidate images (normalised units), ``num_images`` of them unless ``shape`` is given."""
+        size = shape or (self.num_images, *self.image_shape)
+        return torch.randn(size, generator=self.generator, device=self.generator.device).to(self.mean.device)
+
+    def observed_gradient(self) -> Tensors:
+        """The gradient the update stands for: exact for one SGD step (FedSGD), the mean step otherwise."""
+        return {k: -v / (self.lr * self.local_steps) for k, v in self.update.items()}
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor) -> Tensors:
+        """Cross-entropy gradient of the public model at ``(x, y)``, differentiable in ``x`` and ``y``.
+
+        ``y`` holds class indices or (soft) class probabilities.
+        """
+        params = self._parameters()
+        return self._grad(params, x, y)
+
+    def simulate_update(self, x: torch.Tensor, y: torch.Tensor) -> Tensors:
+        """The update plain local SGD on ``(x, y)`` would upload (unrolled, differentiable).
+
+        The client's shuffling is unknown to the server: mini-batches follow the order of ``x``.
+        """
+        start = self._parameters()
+        params = dict(start)
+        for _ in range(self.local_epochs):
+            for first in range(0, len(x), self.batch_size):
+                batch = slice(first, first + self.batch_size)
+                grads = self._grad(params, x[batch], y[batch])
+                params = {k: p - self.lr * grads[k] for k, p in params.items()}
+        return {k: params[k] - start[k] for k in start}
+
+    def matching_objective(self, x: torch.Tensor, y: torch.Tensor, tv_weight: float) -> torch.Tensor:
+        """Inverting Gradients' objective: cosine distance of the simulated to the observed update
+        plus ``tv_weight`` x total variation of the images in pixel units."""
+        return cosine_distance(self.simulate_update(x, y), self.update) + tv_weight * total_variation(self.to_pixels(x))
+
+    def infer_labels(self) -> torch.Tensor:
+        """Labels from the last layer's weight gradient (iDLG, Zhao et al. 2020).
+
+        With cross-entropy and non-negative penultimate activations the weight-gradient
+        row of a sample's true class sums negative, every other row positive. One image:
+        the most negative row. Several: the classes with negative rows, most negative
+        first, repeated in that order when the batch holds more images than such classes.
+        """
+        rows = self._last_layer_gradient().sum(dim=1)
+        ranked = torch.argsort(rows)
+        negative = ranked[: max(int((rows < 0).sum()), 1)]
+        return negative.repeat(math.ceil(self.num_images / len(negative)))[: self.num_images].clone()
+
+    def _last_layer_gradient(self) -> torch.Tensor:
+        for name, p in reversed(list(self.model.named_parameters())):
+            if p.dim() == 2 and p.shape[0] == self.num_classes and name in self.update:
+                return self.observed_gradient()[name]
+        raise ValueError("the update holds no last-layer weight (num_classes x features): cannot infer labels")
+
+    def _parameters(self) -> Tensors:
+        return {k: p.detach() for k, p in self.model.named_parameters() if k in self.update}
+
+    def _grad(self, params: Tensors, x: torch.Tensor, y: torch.Tensor) -> Tensors:
+        params = {k: p if p.requires_grad else p.requires_grad_() for k, p in params.items()}
+        frozen = {k: p.detach() for k, p in self.model.named_parameters() if k not in params}
+        logits = functional_call(self.model, {**frozen, **params}, (x,))
+        loss = nn.functional.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        return dict(zip(params, grads))
+
+
+def euclidean_distance(a: Tensors, b: Tensors) -> torch.Tensor:
+    """Squared L2 distance summed over all tensors (DLG's matching loss)."""
+    return sum(((a[k] - b[k]) ** 2).sum() for k in b)
+
+
+def cosine_distance(a: Tensors, b: Tensors) -> torch.Tensor:
+    """1 - cosine similarity of the concatenation of all tensors (Inverting Gradients' matching loss)."""
+    dot = sum((a[k] * b[k]).sum() for k in b)
+    norm_a = torch.sqrt(sum(a[k].pow(2).sum() for k in b))
+    norm_b = torch.sqrt(sum(b[k].pow(2).sum() for k in b))
+    return 1.0 - dot / (norm_a * norm_b + 1e-12)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels, for any number of channels."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+class GradientInversion(PrivacyAttack):
+    """Base observer of the gradient-inversion attacks: targeting, scoring and the PNG grid.
+
+    ``rounds`` / ``clients``: which rounds and client ids to attack (null: all);
+    ``max_images``: clients holding more examples are skipped (the cost grows with the
+    batch); ``labels``: ``infer`` (iDLG rule, the realistic server) or ``known``
+    (the labels are handed to the attacker, as in the papers' label-known settings).
+    """
+
+    def __init__(
+        self,
+        rounds: Sequence[int] | None = (1,),
+        clients: Sequence[int] | None = None,
+        max_images: int = 8,
+        labels: str = "infer",
+    ) -> None:
+        if max_images < 1:
+            raise ValueError(f"privacy_attack.max_images={max_images}: must be >= 1")
+        if labels not in LABEL_SOURCES:
+            raise ValueError(f"privacy_attack.labels={labels!r}: must be one of {', '.join(LABEL_SOURCES)}")
+        self.rounds = None if rounds is None else set(rounds)
+        self.clients = None if clients is None else set(clients)
+        self.max_images = max_images
+        self.labels = labels
+
+    @abstractmethod
+    def reconstruct(self, target: InversionTarget, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstructed (normalised images, labels) of the target's batch; ``labels`` when known."""
+
+    def observe(
+        self,
+        server_round: int,
+        global_state: Tensors,
+        updates: list[ClientUpdate],
+        env: "Environment",
+        out_dir: Path,
+    ) -> dict[str, Any]:
+        if self.rounds is not None and server_round not in self.rounds:
+            return {}
+        chosen = [u for u in updates if self.clients is None or u.client_id in self.clients]
+        results = {str(u.client_id): self.attack_client(server_round, global_state, u, env, out_dir) for u in chosen}
+        if not results:
+            return {}
+        scored = [r for r in results.values() if "psnr" in r]
+        means = {k: float(np.mean([r[k] for r in scored])) for k in ("psnr", "ssim", "mse", "label_acc")} if scored else {}
+        return {"privacy": {"attack": type(self).__name__, **means, "clients": results}}
+
+    def attack_client(
+        self, server_round: int, global_state: Tensors, update: ClientUpdate, env: "Environment", out_dir: Path
+    ) -> dict[str, Any]:
+        """Reconstruct one client's batch from its update, score it, draw the grid."""
+        x_true, y_true = env.client_data(update.client_id)
+        if len(y_true) > self.max_images:
+            return {"skipped": f"{len(y_true)} examples > privacy_attack.max_images={self.max_images}"}
+        model = env.new_model()
+        model.load_state_dict(global_state, strict=False)
+        target = InversionTarget.from_update(
+            model,
+            update.update,
+            env.data,
+            lr=float(env.strategy.configure_round(server_round).get("lr", env.cfg["lr"])),
+            local_epochs=int(env.cfg["local_epochs"]),
+            batch_size=int(env.cfg["batch_size"]),
+            num_images=len(y_true),
+            generator=torch_generator(env.seed, "privacy-attack", server_round, update.client_id),
+        )
+        if not target.update:
+            return {"skipped": "the update holds none of the model's parameters"}
+        x_rec, y_rec = self.reconstruct(target, y_true if self.labels == "known" else None)
+        x_rec = torch.nan_to_num(x_rec)  # a diverged attack is scored as what it produced
+        true_px, rec_px = (env.data.denormalise(x.detach().cpu().numpy()) for x in (x_true, x_rec))
+        scores = score_batch(true_px, y_true.cpu().numpy(), rec_px, y_rec.cpu().numpy())
+        name = type(self).__name__
+        save_grid(true_px, rec_px, out_dir / f"privacy_{name}_round{server_round}_client{update.client_id}.png",
+                  f"{name}, round {server_round}, client {update.client_id}: {scores['psnr']:.1f} dB")
+        return scores
