@@ -86,13 +86,24 @@ class MLflowTracker(Tracker):
 
     def __init__(self, store: Path, experiment: str, run_name: str, cfg: Config) -> None:
         MlflowClient = optional_import("mlflow.tracking", "tracking.mlflow").MlflowClient
+        self.conflict = optional_import("mlflow.exceptions", "tracking.mlflow").MlflowException
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's documented opt-in for file stores
         self.client = MlflowClient(tracking_uri=Path(store).resolve().as_uri())
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+        self.run_id = self.client.create_run(self.experiment_id(experiment), run_name=run_name).info.run_id
         for key, value in flat_params(cfg).items():
             self.client.log_param(self.run_id, key, value[:6000])
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it unless a parallel job of the sweep just did."""
+        found = self.client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return self.client.create_experiment(name)
+            except self.conflict:  # created meanwhile by another job sharing the store
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        return found.experiment_id
 
     def log_round(self, record: dict[str, Any]) -> None:
         for name, value in scalars(record).items():
@@ -104,6 +115,11 @@ class MLflowTracker(Tracker):
         self.client.set_terminated(self.run_id)
 
 
+def run_name(out_dir: Path) -> str:
+    """A tracker's name for the run: the last two parts of its folder (``TIME/N`` in a sweep)."""
+    return "/".join(Path(out_dir).resolve().parts[-2:])
+
+
 def trackers_for(cfg: Config, out_dir: Path) -> list[Tracker]:
     """The trackers ``cfg['tracking']`` switches on (none when the block is absent)."""
     tracking = cfg.get("tracking") or {}
@@ -112,5 +128,5 @@ def trackers_for(cfg: Config, out_dir: Path) -> list[Tracker]:
         trackers.append(TensorBoardTracker(Path(out_dir) / "tensorboard"))
     if tracking.get("mlflow"):
         store = Path(tracking.get("mlflow_dir") or Path(out_dir) / "mlruns")
-        trackers.append(MLflowTracker(store, str(tracking.get("mlflow_experiment", "fedsim")), Path(out_dir).name, cfg))
+        trackers.append(MLflowTracker(store, str(tracking.get("mlflow_experiment", "fedsim")), run_name(out_dir), cfg))
     return trackers

@@ -37,13 +37,13 @@ def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def cell(value: Any) -> str:
-    """A table cell: 4 decimals for fractions, integers plain, blanks for missing."""
+    """A table cell: 4 decimals below 1, 3 up to 1000, none above; integers plain; blanks for missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
         if abs(value) >= 1000:
             return f"{value:.0f}"
-        return f"{value:.4f}" if abs(value) < 1 else f"{value:.4g}"
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:.3f}"
     return str(value)
 
 
