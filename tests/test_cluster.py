@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hydra import compose, initialize_config_module
 
 TINY = ["dataset=digits", "rounds=1", "num_clients=2", "clients_per_round=2", "progress=false"]
@@ -89,6 +90,7 @@ def ray_cluster() -> Iterator[tuple[subprocess.Popen, str, str]]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.cluster
 def test_job_joins_a_running_ray_cluster_which_stops_cleanly(tmp_path):
     out = tmp_path / "run"
     with ray_cluster() as (head, address, temp_dir):
@@ -106,6 +108,7 @@ def test_job_joins_a_running_ray_cluster_which_stops_cleanly(tmp_path):
     assert head.returncode is not None and not processes_mentioning(temp_dir)
 
 
+@pytest.mark.cluster
 def test_sweep_through_submitit_local_launcher(tmp_path):
     sweep = tmp_path / "multirun"
     result = subprocess.run(

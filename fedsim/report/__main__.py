@@ -49,7 +49,7 @@ def write_report(folder: Path, rows: str | None = None, cols: str | None = None,
     parts += ["## Mean ± std over seeds", "", markdown(seeds, axes), ""]
     parts += ["## Jobs", "", markdown(frame.assign(job=[str(j.folder.relative_to(folder)) for j in jobs]), axes), ""]
     shown = heatmap_axes(list(axes), rows, cols)
-    if shown:
+    if shown and (len(jobs) > 1 or rows):  # no one-cell heatmap for a single run unless asked
         heatmap(frame, shown[0], shown[1], metric, folder / "report_heatmap.png")
         parts.append(f"![{metric} over {shown[0]} x {shown[1]}](report_heatmap.png)")
     curves(jobs, folder / "report_curves.png")
