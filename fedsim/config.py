@@ -53,6 +53,9 @@ def validate(cfg: Config) -> None:
         _positive(partition, "alpha", "partition.")
     if "classes_per_client" in partition:
         _integer(partition, "classes_per_client", 1, where="partition.")
+    for tracker, value in (cfg.get("tracking") or {}).items():
+        if tracker in ("tensorboard", "mlflow") and not isinstance(value, bool):
+            raise ConfigError(f"tracking.{tracker}={value!r}: must be true or false")
     backend = cfg["backend"]
     _integer(backend, "client_threads", 1, where="backend.")
     if backend["name"] == "ray":

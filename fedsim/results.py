@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from fedsim.trackers import Tracker
 
 
 class RunRecorder:
-    """Appends one JSON record per round and writes the summary and plots at the end."""
+    """Appends one JSON record per round and writes the summary and plots at the end;
+    optional trackers (TensorBoard, MLflow) receive the same records."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, trackers: Sequence["Tracker"] = ()) -> None:
         self.out_dir = Path(out_dir)
+        self.trackers = list(trackers)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rounds_path = self.out_dir / "rounds.jsonl"
         self.rounds_path.write_text("")
@@ -22,6 +27,8 @@ class RunRecorder:
         self.records.append(record)
         with self.rounds_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        for tracker in self.trackers:
+            tracker.log_round(record)
 
     def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
         """Write summary.json and the curves PNG; return the summary."""
@@ -40,6 +47,8 @@ class RunRecorder:
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         if self.records:
             plot_curves(self.records, self.out_dir / "curves.png")
+        for tracker in self.trackers:
+            tracker.finish(summary)
         return summary
 
 

@@ -25,6 +25,7 @@ from fedsim.environment import Config, environment_for
 from fedsim.inline_grid import InlineGrid
 from fedsim.results import RunRecorder
 from fedsim.server import FederatedServer
+from fedsim.trackers import trackers_for
 
 BACKENDS = ("inline", "ray")
 
@@ -36,7 +37,7 @@ def simulate(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any
     if backend not in BACKENDS:
         raise ValueError(f"backend.name={backend!r}; valid: {', '.join(BACKENDS)}")
     started = time.perf_counter()
-    server = FederatedServer(environment_for(cfg), RunRecorder(out_dir), progress)
+    server = FederatedServer(environment_for(cfg), RunRecorder(out_dir, trackers_for(cfg, out_dir)), progress)
     client_app = build_client_app(cfg)
     if backend == "inline":
         run_inline(server, client_app, int(cfg["num_clients"]))

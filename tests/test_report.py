@@ -1,0 +1,113 @@
+"""Sweeps and run reports: a real 2x2 Hydra multirun read back by ``python -m fedsim.report``."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from fedsim.report.__main__ import write_report
+from fedsim.report.collect import find_jobs, jobs_frame
+from fedsim.report.tables import markdown, over_seeds
+
+TINY = ["backend=inline", "dataset=digits", "rounds=2", "num_clients=4", "clients_per_round=4", "progress=false"]
+
+
+def python_m(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A 2x2 multirun (strategy x Dirichlet alpha) of tiny inline jobs, through the CLI."""
+    root = tmp_path_factory.mktemp("sweep")
+    folder = root / "multirun"
+    result = python_m(
+        root, "fedsim", "-m", *TINY, "partition=dirichlet", "strategy=fedavg,fedprox",
+        "partition.alpha=0.1,1.0", f"hydra.sweep.dir={folder}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder
+
+
+def test_report_has_one_row_per_job_with_axes_and_summary_values(sweep):
+    result = python_m(sweep, "fedsim.report", str(sweep))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(sweep / "report.csv")
+    assert len(table) == 4
+    assert list(table.columns[:3]) == ["job", "strategy", "partition.alpha"]
+    assert sorted(zip(table["strategy"], table["partition.alpha"])) == [
+        ("fedavg", 0.1), ("fedavg", 1.0), ("fedprox", 0.1), ("fedprox", 1.0)
+    ]
+    for row in table.itertuples():
+        job = Path(row.job)
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        assert f"strategy={row.strategy}" in overrides and f"partition.alpha={row[3]}" in overrides
+        summary = json.loads((job / "summary.json").read_text())
+        assert row.final_acc == pytest.approx(summary["final_test_acc"])
+        assert row.bytes_up == summary["bytes_up_total"]
+        assert row.wall_s == pytest.approx(summary["wall_s"])
+    # the values are the jobs' own, not one placeholder
+    assert table.final_acc.nunique() > 1
+    # metrics no job recorded (no attack, defense or privacy observer) are left out, not zero-filled
+    assert "asr" not in table.columns and "psnr" not in table.columns
+    seeds = pd.read_csv(sweep / "report_seeds.csv")
+    assert len(seeds) == 4 and (seeds["seeds"] == 1).all()
+    assert "| strategy | partition.alpha | seeds | final_acc |" in result.stdout
+    for png in ("report_heatmap.png", "report_curves.png"):
+        assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def write_job(folder: Path, overrides: list[str], acc: float, rounds: list[dict]) -> None:
+    """A finished job's files as fedsim writes them (for metrics the core cannot produce yet)."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (folder / "summary.json").write_text(json.dumps({"final_test_acc": acc, "bytes_up_total": 10, "wall_s": 1.0}))
+    (folder / "rounds.jsonl").write_text("".join(json.dumps({"round": i + 1, **r}) + "\n" for i, r in enumerate(rounds)))
+
+
+def test_optional_metrics_are_read_where_recorded(tmp_path):
+    detection = [{"tp": 1, "fp": 1, "fn": 0}, {"tp": 2, "fp": 0, "fn": 2}]
+    write_job(tmp_path / "0", ["attack=label_flip", "seed=0"], 0.8,
+              [{"test_acc": 0.7, "attack_success_rate": 0.3, "detection": d, "psnr": p} for d, p in zip(detection, (20.0, 30.0))])
+    write_job(tmp_path / "1", ["attack=none", "seed=0"], 0.9, [{"test_acc": 0.9, "detection": {"tp": 0, "fp": 0, "fn": 0}}])
+    frame = jobs_frame(find_jobs(tmp_path)).set_index("attack")
+    assert list(frame.index) == ["label_flip", "none"]  # seed is constant: not an axis
+    flip, clean = frame.loc["label_flip"], frame.loc["none"]
+    assert flip.asr == 0.3 and flip.psnr == 25.0
+    assert flip.det_precision == pytest.approx(3 / 4) and flip.det_recall == pytest.approx(3 / 5)
+    assert math.isnan(clean.asr) and math.isnan(clean.det_precision)  # undefined, not 0
+
+
+def test_mean_and_std_over_seeds():
+    frame = pd.DataFrame({
+        "job": list("abcd"), "attack": ["none", "none", "flip", "flip"], "seed": [0, 1, 0, 1],
+        "final_acc": [0.9, 0.8, 0.5, 0.7], "asr": [np.nan, np.nan, 0.2, 0.4],
+    })
+    table = over_seeds(frame).set_index("attack")
+    assert table.loc["none", "seeds"] == 2
+    assert table.loc["none", "final_acc_mean"] == pytest.approx(0.85)
+    assert table.loc["flip", "final_acc_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert table.loc["flip", "asr_mean"] == pytest.approx(0.3) and math.isnan(table.loc["none", "asr_mean"])
+    lines = markdown(table.reset_index()).splitlines()
+    assert lines[0] == "| attack | seeds | final_acc | asr |"
+    assert lines[3] == "| flip | 2 | 0.6000 ± 0.1414 | 0.3000 ± 0.1414 |"
+
+
+def test_report_rejects_bad_input(tmp_path):
+    assert python_m(tmp_path, "fedsim.report", str(tmp_path / "nope")).stderr.strip() == (
+        f"fedsim.report: error: {tmp_path / 'nope'}: no such folder"
+    )
+    write_job(tmp_path / "0", ["seed=0"], 0.8, [{"test_acc": 0.8}])
+    with pytest.raises(ValueError, match="--rows=attack: not a sweep axis"):
+        write_report(tmp_path, rows="attack", cols="seed")
+    with pytest.raises(ValueError, match="--metric=asr: no job recorded it"):
+        write_report(tmp_path, metric="asr")
+
