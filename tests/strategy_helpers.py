@@ -12,7 +12,7 @@ from torch import nn
 from fedsim.simulation import simulate
 from fedsim.state import ClientState, Tensors
 from fedsim.strategy import LocalTask
-from tests.conftest import make_cfg
+from poisoning_helpers import make_cfg
 
 
 def run_rounds(out_dir: Path, *overrides: str) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import torch
 from fedsim.codec import Codec
 from fedsim.environment import Environment
 from fedsim.strategy import LocalResult, LocalTask
-from tests.conftest import make_config
+from conftest import make_config
 
 
 def test_dense_codec_records_bytes_and_unit_ratio_per_client(run_sim) -> None:

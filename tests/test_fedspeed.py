@@ -10,8 +10,8 @@ import torch
 from flwr.app import RecordDict
 from flwr.common import serde
 
-from tests.strategy_helpers import ce_grad, linear_model, one_sample_task, run_rounds
-from tests.conftest import make_cfg
+from strategy_helpers import ce_grad, linear_model, one_sample_task, run_rounds
+from poisoning_helpers import make_cfg
 from fedsim.state import ClientState, Tensors
 from fedsim.strategies.fedspeed import CORRECTION_KEY, FedSpeed
 from fedsim.strategy import ClientUpdate

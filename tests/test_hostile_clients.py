@@ -17,15 +17,19 @@ def hostile_module(tmp_path, monkeypatch):
         textwrap.dedent(
             """
             import torch
-            from fedsim.attack import Attack, BENIGN, MALICIOUS
+            from fedsim.attack import Attack, MALICIOUS
 
 
             class Hostile(Attack):
-                \"\"\"Three misbehaving clients; the rest honest. Behaviour keyed by the update's tensor seed.\"\"\"
+                \"\"\"Client 0 sends NaN, client 1 raises, client 2 sends a wrong shape; the rest are honest.\"\"\"
 
-                def role(self, client_id, num_clients, seed):
-                    self.client = client_id
-                    return MALICIOUS if client_id < 3 else BENIGN
+                role = MALICIOUS
+
+                def __init__(self, client=None):
+                    self.client = client
+
+                def for_client(self, client_id, num_clients, seed):
+                    return Hostile(client_id) if client_id < 3 else None
 
                 def poison_data(self, x, y, generator):
                     if self.client == 1:

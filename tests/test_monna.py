@@ -12,7 +12,7 @@ from fedsim.evaluation import evaluate
 from fedsim.state import ClientState
 from fedsim.strategies.monna import MOMENTUM_KEY, MoNNA
 from fedsim.strategy import ClientUpdate
-from tests.strategy_helpers import ce_grad, linear_model, one_sample_task, run_rounds
+from strategy_helpers import ce_grad, linear_model, one_sample_task, run_rounds
 
 BETA, WD, LR, DECAY_ROUNDS = 0.9, 0.01, 0.5, 4.0
 

@@ -13,7 +13,7 @@ from fedsim.environment import Environment
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState
 from fedsim.strategy import LocalTask
-from tests.conftest import make_config
+from conftest import make_config
 
 HEADER_BYTES = 28
 OVERRIDES = ["compression=spsa_one_byte", "model.hidden=[16]", "num_clients=4", "lr=0.01", "batch_size=32"]

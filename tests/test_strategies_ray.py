@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.strategy_helpers import run_rounds
+from strategy_helpers import run_rounds
 
 RUNS = {
     # client state (FedSpeed's correction) must persist in each Ray node's Context across rounds

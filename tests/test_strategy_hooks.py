@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tests.strategy_helpers import run_rounds
+from strategy_helpers import run_rounds
 from fedsim.evaluation import evaluate
 from fedsim.models import MLP
 from fedsim.strategies.fedavg import FedAvg
