@@ -15,11 +15,17 @@ from fedsim.simulation import simulate
 SMALL = ["dataset=digits", "num_clients=4", "clients_per_round=4", "rounds=2", "progress=false", "backend=inline"]
 
 
-def make_config(*overrides: str) -> dict[str, Any]:
-    """The resolved config for ``overrides`` (applied after a small, fast default set)."""
+def compose_config(defaults: list[str], *overrides: str) -> dict[str, Any]:
+    """The resolved config, composed as the CLI does, for ``defaults`` then ``overrides`` (which replace them)."""
+    merged = {o.split("=", 1)[0]: o for o in [*defaults, *overrides]}
     with initialize_config_module(config_module="fedsim.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=[*SMALL, *overrides])
+        cfg = compose(config_name="config", overrides=list(merged.values()))
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def make_config(*overrides: str) -> dict[str, Any]:
+    """The resolved config for ``overrides`` on top of a small, fast default set."""
+    return compose_config(SMALL, *overrides)
 
 
 def read_rounds(out_dir: Path) -> list[dict[str, Any]]:

@@ -11,8 +11,7 @@ from typing import Any  # noqa: E402
 from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
-from hydra import compose, initialize_config_module  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from conftest import compose_config  # noqa: E402
 
 from fedsim.client import TRUTH_KEY, run_local_round  # noqa: E402
 from fedsim.environment import environment_for  # noqa: E402
@@ -23,10 +22,7 @@ FAST = ["backend=inline", "dataset=digits", "progress=false", "model.hidden=[32]
 
 def make_cfg(*overrides: str) -> dict[str, Any]:
     """The resolved config for ``overrides`` on top of small, fast defaults (which they replace)."""
-    merged = {o.split("=", 1)[0]: o for o in [*FAST, *overrides]}
-    with initialize_config_module(config_module="fedsim.conf", version_base=None):
-        cfg = compose(config_name="config", overrides=list(merged.values()))
-    return OmegaConf.to_container(cfg, resolve=True)
+    return compose_config(FAST, *overrides)
 
 
 def client_round(cfg: dict[str, Any], client_id: int, server_round: int = 1) -> tuple[Tensors, dict[str, str]]:
