@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from fedsim.config import ConfigError, unknown_group_option, validate
+from fedsim.config import ConfigError, unknown_group_option, unknown_key, validate
 
 
 def fail(message: str) -> None:
@@ -28,16 +28,22 @@ def run(cfg: DictConfig) -> float | None:
         validate(resolved)
     except ConfigError as exc:
         fail(str(exc))
-    from fedsim.environment import environment_for  # heavy imports only once the config is known good
+    from fedsim.checkpoint import CheckpointError  # heavy imports only once the config is known good
+    from fedsim.environment import environment_for
+    from fedsim.server import TooFewClients
     from fedsim.simulation import simulate
 
     try:
         environment_for(resolved)  # dataset, partition and components: bad values fail here, before training
     except (ValueError, FileNotFoundError, TypeError, InstantiationException) as exc:
         fail(str(exc).strip().splitlines()[-1])
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume = resolved["resume"]
+    out_dir = Path(resume) if isinstance(resume, str) else Path(HydraConfig.get().runtime.output_dir)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    summary = simulate(resolved, out_dir, progress=bool(resolved["progress"]))
+    try:
+        summary = simulate(resolved, out_dir, progress=bool(resolved["progress"]))
+    except (CheckpointError, TooFewClients) as exc:
+        fail(str(exc))
     print(
         f"fedsim: {resolved['strategy']['_target_'].rsplit('.', 1)[-1]} on {summary['backend']}: "
         f"final test accuracy {summary['final_test_acc']:.4f} after {summary['rounds']} rounds "
@@ -49,7 +55,7 @@ def run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Entry point: reject unknown component names in one line, then hand over to Hydra."""
-    problem = unknown_group_option(sys.argv[1:])
+    problem = unknown_group_option(sys.argv[1:]) or unknown_key(sys.argv[1:])
     if problem:
         fail(problem)
     run()

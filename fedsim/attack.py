@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsim.persistent import Persistent
 from fedsim.seeding import numpy_rng
 from fedsim.state import Tensors
 
@@ -25,7 +26,7 @@ def attacker_order(num_clients: int, seed: int) -> np.ndarray:
     return numpy_rng(seed, "attackers").permutation(num_clients)
 
 
-class Attack:
+class Attack(Persistent):
     """No attack: every client is benign and behaves as prescribed.
 
     ``name`` is the attack type recorded per client for scoring; ``role`` is the true

@@ -10,6 +10,8 @@ corrupt newest one falls back to the one before.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +23,15 @@ import torch
 from fedsim.state import Tensors
 
 log = logging.getLogger("fedsim")
+
+# Config fields that steer how a run executes, not what it computes: a resume may change them.
+RUN_CONTROL_KEYS = ("resume", "checkpoint_every", "backend", "verbose", "progress", "tracking", "client_timeout_s", "min_clients")
+
+
+def config_fingerprint(cfg: dict[str, Any]) -> str:
+    """A hash of everything in the resolved config that determines the run's numbers."""
+    relevant = {k: v for k, v in cfg.items() if k not in RUN_CONTROL_KEYS}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class CheckpointError(RuntimeError):

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from fedsim.attack import Attack
 from fedsim.environment import Config, environment_for
 from fedsim.seeding import torch_generator
-from fedsim.state import ClientState, from_record
+from fedsim.state import ClientState, from_record, state_entries
 from fedsim.strategy import LocalTask
 
 TRUTH_KEY = "truth"  # reply record holding the client's true role and attack type (scoring only)
@@ -43,7 +43,7 @@ def run_local_round(cfg: Config, message: Message, context: Context) -> Message:
         x, y = attack.poison_data(x, y, torch_generator(env.seed, "data-attack", server_round, cid))
     model = env.new_model()
     model.load_state_dict(global_state, strict=False)
-    client_state = ClientState(context.state, str(env.device))
+    client_state = ClientState(state_entries(message.content), str(env.device))
     task = LocalTask(
         round=server_round,
         client_id=cid,
@@ -74,7 +74,7 @@ def run_local_round(cfg: Config, message: Message, context: Context) -> Message:
     }
     acting = attack or Attack()  # the base Attack is the benign client
     truth = ConfigRecord({"role": acting.role, "kind": acting.name})
-    content = RecordDict({"update": encoded, "metrics": MetricRecord(metrics), TRUTH_KEY: truth})
+    content = RecordDict({"update": encoded, "metrics": MetricRecord(metrics), TRUTH_KEY: truth, **client_state.entries()})
     return Message(content, reply_to=message)
 
 

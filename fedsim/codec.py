@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord
 
+from fedsim.persistent import Persistent
 from fedsim.state import ClientState, Tensors, from_record, record_nbytes, to_record
 from fedsim.strategy import LocalResult, LocalTask
 
 
-class Codec:
+class Codec(Persistent):
     """Identity codec: the update is sent as dense float32 arrays."""
 
     def local_update(self, task: LocalTask) -> LocalResult | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from fedsim.environment import Config
@@ -46,6 +47,13 @@ def validate(cfg: Config) -> None:
     _positive(cfg, "lr")
     if cfg.get("max_update_norm") is not None:
         _positive(cfg, "max_update_norm")
+    if cfg.get("client_timeout_s") is not None:
+        _positive(cfg, "client_timeout_s")
+    _integer(cfg, "min_clients", 1, cfg["clients_per_round"], where="")
+    _integer(cfg, "checkpoint_every", 0)
+    resume = cfg["resume"]
+    if not (isinstance(resume, bool) or (isinstance(resume, str) and Path(resume).is_dir())):
+        raise ConfigError(f"resume={resume!r}: must be true, false or an existing run folder")
     if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", str(cfg["device"])):
         raise ConfigError(f"device={cfg['device']!r}: valid: cpu, cuda, cuda:N, auto")
     partition = cfg["partition"]
@@ -71,6 +79,44 @@ def group_options() -> dict[str, list[str]]:
         for group in root.iterdir()
         if group.is_dir() and not group.name.startswith(("_", "."))
     }
+
+
+def _load_yaml(*parts: str) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create(files("fedsim.conf").joinpath(*parts).read_text())
+    return OmegaConf.to_container(node) or {}
+
+
+def unknown_key(overrides: list[str]) -> str | None:
+    """A one-line error for a ``key=value`` override naming no config field, else None.
+
+    Checked against the root config and, for ``group.key``, the option of the group the
+    overrides select (or the default one). ``+key`` (appending), ``hydra.*`` and flags are
+    left to Hydra; so are runs that extend the search path with configs of their own.
+    """
+    if any(a.startswith(("--config-dir", "-cd", "hydra.searchpath")) for a in overrides):
+        return None
+    root, catalogue = _load_yaml("config.yaml"), group_options()
+    chosen = {k: v for d in root.pop("defaults", []) if isinstance(d, dict) for k, v in d.items()}
+    root.pop("hydra", None)
+    chosen.update(m.groups() for a in overrides if (m := re.fullmatch(r"([A-Za-z_]\w*)=([\w.\-]+)", a)))
+    for arg in overrides:
+        match = re.fullmatch(r"([A-Za-z_][\w.]*)=.*", arg, flags=re.DOTALL)
+        if not match or match.group(1).startswith("hydra") or match.group(1) in catalogue:
+            continue
+        path = match.group(1).split(".")
+        group = path[0] if path[0] in catalogue and len(path) > 1 else None
+        node: Any = _load_yaml(group, f"{chosen[group]}.yaml") if group and chosen.get(group) in catalogue[group] else root
+        if group and node is root:
+            continue  # a group option Hydra will report (e.g. a user's own)
+        for depth, part in enumerate(path[1:] if group else path):
+            if not isinstance(node, dict) or part not in node:
+                where = f"{group}={chosen[group]}" if group else "the root config"
+                valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none (not a mapping)"
+                return f"{match.group(1)}: unknown key in {where}; valid keys here: {valid} (use +{match.group(1)}=... to add one)"
+            node = node[part]
+    return None
 
 
 def unknown_group_option(overrides: list[str]) -> str | None:

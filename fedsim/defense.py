@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedsim.attack import BENIGN
+from fedsim.persistent import Persistent
 from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate
 
@@ -26,7 +27,7 @@ class Verdict:
     combined: Tensors | None = None
 
 
-class Defense:
+class Defense(Persistent):
     """No defense: every valid update is aggregated, every client is deemed benign."""
 
     def screen(self, server_round: int, updates: list[ClientUpdate]) -> Verdict:

@@ -1,12 +1,13 @@
 """An in-process Flower Grid: delivers each message straight to the ClientApp (no Ray).
 
 The same ServerApp logic and ClientApp run unchanged; only transport differs.
-Each node keeps its own ``Context`` (and so its ``Context.state``) for the run,
-as Flower's simulation engine does.
+Each node keeps its own ``Context`` for the run, as Flower's simulation engine does
+(fedsim hosts client state on the server, so it does not rely on ``Context.state``).
 """
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Iterable
 from uuid import uuid4
@@ -35,7 +36,7 @@ class InlineGrid(Grid):
             )
             for pid, node_id in enumerate(range(1001, 1001 + num_nodes))
         }
-        self._replies: dict[str, Message] = {}
+        self._replies: dict[str, tuple[Message, float]] = {}  # message id -> (reply, seconds the client took)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -56,15 +57,26 @@ class InlineGrid(Grid):
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
-            self._replies[message.metadata.message_id] = self._deliver(message)
+            started = time.perf_counter()
+            reply = self._deliver(message)
+            self._replies[message.metadata.message_id] = (reply, time.perf_counter() - started)
             ids.append(message.metadata.message_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+        return [self._replies.pop(i)[0] for i in message_ids if i in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        """Deliver each message in turn; a client that took longer than ``timeout`` seconds is not heard.
+
+        Clients run one after another here, so the timeout applies to each client
+        (on Ray, where clients run in parallel, Flower applies it to the round).
+        """
+        ids = list(self.push_messages(messages))
+        late = {i for i in ids if timeout is not None and self._replies[i][1] > timeout}
+        for i in late:
+            del self._replies[i]
+        return self.pull_messages(ids)
 
     def _deliver(self, message: Message) -> Message:
         context = self._contexts[message.metadata.dst_node_id]

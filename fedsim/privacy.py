@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedsim.persistent import Persistent
 from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from fedsim.environment import Environment
 
 
-class PrivacyAttack:
+class PrivacyAttack(Persistent):
     """No privacy attack: the server observes nothing."""
 
     def observe(

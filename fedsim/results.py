@@ -14,13 +14,19 @@ class RunRecorder:
     """Appends one JSON record per round and writes the summary and plots at the end;
     optional trackers (TensorBoard, MLflow) receive the same records."""
 
-    def __init__(self, out_dir: Path, trackers: Sequence["Tracker"] = ()) -> None:
+    def __init__(self, out_dir: Path, trackers: Sequence["Tracker"] = (), resuming: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.trackers = list(trackers)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rounds_path = self.out_dir / "rounds.jsonl"
-        self.rounds_path.write_text("")
+        if not resuming:  # a resumed run keeps the file until :meth:`restore` rewrites it from a checkpoint
+            self.rounds_path.write_text("")
         self.records: list[dict[str, Any]] = []
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Start from the records of a checkpoint (a resumed run): rounds.jsonl holds exactly them."""
+        self.records = list(records)
+        self.rounds_path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
     def record(self, record: dict[str, Any]) -> None:
         """Append one round's record (flushed immediately)."""

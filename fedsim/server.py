@@ -3,7 +3,9 @@
 Per round (DESIGN.md section 3): sample clients (seeded) -> send the global arrays
 -> collect replies, decode, reject malformed or non-finite ones with a logged
 reason -> privacy observers -> defense -> strategy.aggregate -> central
-evaluation -> one record in rounds.jsonl.
+evaluation -> one record in rounds.jsonl -> a checkpoint every ``checkpoint_every``
+rounds. The server also hosts every client's persistent state (shipped with the
+client's message, returned with its reply), so checkpoints hold all of a run.
 """
 
 from __future__ import annotations
@@ -13,17 +15,18 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
 from fedsim.attack import MALICIOUS, Attack
+from fedsim.checkpoint import Checkpoint, CheckpointError, CheckpointStore, config_fingerprint
 from fedsim.client import TRUTH_KEY
 from fedsim.environment import Config, Environment
 from fedsim.results import RunRecorder
 from fedsim.sampling import sample_clients
 from fedsim.scoring import detection_scores
-from fedsim.state import Tensors, record_nbytes, to_record
+from fedsim.state import ClientState, Tensors, from_record, record_nbytes, state_entries, to_record
 from fedsim.strategy import ClientUpdate
 from fedsim.validation import update_problem
 
@@ -42,6 +45,16 @@ class Collected:
     bytes_up: int = 0
 
 
+class TooFewClients(RuntimeError):
+    """Fewer than ``min_clients`` valid replies in a round: the run cannot go on meaningfully."""
+
+
+def first_line(reason: str, limit: int = 300) -> str:
+    """The first line of an error reason (tracebacks and Ray's multi-line dumps stay in the log)."""
+    lines = reason.strip().splitlines()
+    return (lines[0] if lines else "unknown error")[:limit]
+
+
 def is_malicious(attack: Attack | None) -> bool:
     """Whether a client run by ``attack`` (None: no attack) is truly malicious."""
     return attack is not None and attack.role == MALICIOUS
@@ -58,20 +71,60 @@ class FederatedServer:
         num_clients = int(self.cfg["num_clients"])
         # ground truth, for scoring only (strategies that report their honest clients' mean)
         self.honest_clients = [c for c in range(num_clients) if not is_malicious(env.attack.for_client(c, num_clients, env.seed))]
+        self.client_states: dict[int, dict[str, ArrayRecord]] = {}  # client id -> its persistent state
+        self.checkpoints = CheckpointStore(recorder.out_dir / "checkpoints")
+        self.fingerprint = config_fingerprint(self.cfg)
 
     def run(self, grid: Grid) -> Tensors:
-        """Run all rounds; returns the final global state."""
+        """Run all rounds (from the last checkpoint when resuming); returns the final global state."""
         if hasattr(grid, "pull_interval"):
             grid.pull_interval = 0.005  # Flower's default 0.1 s poll dominates small rounds
         node_of = self.discover(grid)
-        model = self.env.new_model()
-        global_state = self.env.strategy.init_global(model)
-        rounds = tqdm(range(1, int(self.cfg["rounds"]) + 1), desc="rounds", unit="round", disable=not self.progress)
+        done, global_state = self.start()
+        total, every = int(self.cfg["rounds"]), int(self.cfg.get("checkpoint_every") or 0)
+        rounds = tqdm(range(done + 1, total + 1), initial=done, total=total, desc="rounds", unit="round", disable=not self.progress)
         for server_round in rounds:
             record, global_state = self.run_round(grid, node_of, server_round, global_state)
             self.recorder.record(record)
             rounds.set_postfix(acc=f"{record['test_acc']:.4f}", loss=f"{record['test_loss']:.3f}")
+            if every and (server_round % every == 0 or server_round == total):
+                self.save_checkpoint(server_round, global_state)
         return global_state
+
+    def components(self) -> dict[str, Any]:
+        """The run's components by kind (each a :class:`fedsim.persistent.Persistent`)."""
+        env = self.env
+        return {"strategy": env.strategy, "attack": env.attack, "codec": env.codec, "defense": env.defense, "privacy": env.privacy}
+
+    def start(self) -> tuple[int, Tensors]:
+        """(rounds already done, global state): a fresh start, or the newest checkpoint when resuming."""
+        global_state = self.env.strategy.init_global(self.env.new_model())
+        if not self.cfg.get("resume"):
+            return 0, global_state
+        checkpoint = self.checkpoints.load_latest(self.fingerprint)
+        if checkpoint is None:
+            raise CheckpointError(f"resume requested but {self.checkpoints.folder} holds no checkpoint")
+        for kind, component in self.components().items():
+            component.load_state_dict(checkpoint.components[kind])
+        self.client_states = {
+            cid: {k: to_record(v) for k, v in states.items()} for cid, states in checkpoint.client_states.items()
+        }
+        self.recorder.restore(checkpoint.records)
+        log.warning("resumed from %s after round %d", self.checkpoints.folder, checkpoint.round)
+        return checkpoint.round, checkpoint.global_state
+
+    def save_checkpoint(self, server_round: int, global_state: Tensors) -> None:
+        """Everything the next rounds depend on, written atomically."""
+        self.checkpoints.save(
+            Checkpoint(
+                round=server_round,
+                fingerprint=self.fingerprint,
+                global_state=global_state,
+                client_states={cid: {k: from_record(v) for k, v in s.items()} for cid, s in self.client_states.items()},
+                components={kind: c.state_dict() for kind, c in self.components().items()},
+                records=list(self.recorder.records),
+            )
+        )
 
     def discover(self, grid: Grid) -> dict[int, int]:
         """Ask every node which client (partition) it plays: client id -> node id."""
@@ -111,18 +164,27 @@ class FederatedServer:
         config = ConfigRecord({"round": server_round, **strategy.configure_round(server_round)})
         messages = [
             Message(
-                RecordDict({"arrays": arrays[cid], "config": config}),
+                RecordDict({"arrays": arrays[cid], "config": config, **self.client_states.get(cid, {})}),
                 dst_node_id=node_of[cid],
                 message_type="train",
                 group_id=str(server_round),
             )
             for cid in sampled
         ]
-        replies = grid.send_and_receive(messages)
+        timeout = self.cfg.get("client_timeout_s")
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
         client_of = {node: cid for cid, node in node_of.items()}
         got = self.collect(server_round, replies, client_of, global_state)
         for cid in sorted(set(sampled) - {client_of[r.metadata.src_node_id] for r in replies}):
-            got.failures.append({"client": cid, "reason": "no reply"})
+            reason = "no reply" if timeout is None else f"no reply within client_timeout_s={timeout}"
+            log.warning("round %d: client %d: %s", server_round, cid, reason)
+            got.failures.append({"client": cid, "reason": reason})
+        min_clients = int(self.cfg.get("min_clients") or 1)
+        if len(got.updates) < min_clients:
+            raise TooFewClients(
+                f"round {server_round}: only {len(got.updates)} of {len(sampled)} sampled clients sent a valid update "
+                f"(min_clients={min_clients}); failures: {got.failures}; rejected: {got.rejected}"
+            )
 
         privacy = env.privacy.observe(server_round, global_state, got.updates, env, self.recorder.out_dir)
         verdict = env.defense.screen(server_round, got.updates)
@@ -138,7 +200,14 @@ class FederatedServer:
         model = env.new_model()
         model.load_state_dict(global_state, strict=False)
         metrics = {
-            **strategy.evaluate(global_state, env.new_model, test_x, test_y, self.honest_clients),
+            **strategy.evaluate(
+                global_state,
+                env.new_model,
+                test_x,
+                test_y,
+                self.honest_clients,
+                {cid: ClientState(entries, str(env.device)) for cid, entries in self.client_states.items()},
+            ),
             **env.attack.test_metrics(model, test_x, test_y),
         }
         losses = [(u.metrics["train_loss"], u.num_examples) for u in got.updates if "train_loss" in u.metrics]
@@ -177,9 +246,11 @@ class FederatedServer:
         for reply in sorted(replies, key=lambda r: client_of[r.metadata.src_node_id]):
             cid = client_of[reply.metadata.src_node_id]
             if reply.has_error():
-                log.warning("round %d: client %d failed: %s", server_round, cid, reply.error.reason)
-                got.failures.append({"client": cid, "reason": reply.error.reason})
-                continue
+                reason = first_line(reply.error.reason)
+                log.warning("round %d: client %d failed: %s", server_round, cid, reason)
+                got.failures.append({"client": cid, "reason": reason})
+                continue  # a failed round leaves the client's state as it was
+            self.client_states[cid] = state_entries(reply.content)
             try:
                 metrics = dict(reply.content["metrics"])
                 got.bytes_up += int(metrics["bytes_up"])

@@ -37,7 +37,8 @@ def simulate(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any
     if backend not in BACKENDS:
         raise ValueError(f"backend.name={backend!r}; valid: {', '.join(BACKENDS)}")
     started = time.perf_counter()
-    server = FederatedServer(environment_for(cfg), RunRecorder(out_dir, trackers_for(cfg, out_dir)), progress)
+    recorder = RunRecorder(out_dir, trackers_for(cfg, out_dir), resuming=bool(cfg.get("resume")))
+    server = FederatedServer(environment_for(cfg), recorder, progress)
     client_app = build_client_app(cfg)
     if backend == "inline":
         run_inline(server, client_app, int(cfg["num_clients"]))
@@ -83,7 +84,15 @@ def run_ray(server: FederatedServer, client_app: Any, cfg: Config) -> None:
         num_supernodes=int(cfg["num_clients"]),
         backend_name="ray",
         backend_config={
-            "client_resources": {"num_cpus": backend["client_cpus"], "num_gpus": backend["client_gpus"]},
+            # A client actor whose worker process dies is restarted, and the tasks it held are run once more
+            # (client work is a pure function of the message, so a retry gives the same reply); a client
+            # that kills its worker twice loses its round, never the run.
+            "client_resources": {
+                "num_cpus": backend["client_cpus"],
+                "num_gpus": backend["client_gpus"],
+                "max_restarts": -1,
+                "max_task_retries": 1,
+            },
             "init_args": init_args,
         },
         verbose_logging=bool(cfg.get("verbose", False)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
 
 import numpy as np
 import torch
@@ -26,24 +27,40 @@ def record_nbytes(record: ArrayRecord) -> int:
     return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in record.values())
 
 
-class ClientState:
-    """A client's persistent tensors, stored in its Flower ``Context.state``.
+STATE_PREFIX = "state."  # message entries carrying a client's persistent state
 
-    Flower keeps ``Context.state`` per node across rounds (also when the node is not
-    sampled), so strategies and codecs keep residuals, corrections and momenta here.
+
+def state_entries(content: RecordDict) -> dict[str, ArrayRecord]:
+    """The client-state entries of a message's content."""
+    return {k: v for k, v in content.items() if k.startswith(STATE_PREFIX) and isinstance(v, ArrayRecord)}
+
+
+class ClientState:
+    """A client's persistent tensors (residuals, corrections, momenta, private layers).
+
+    The server hosts every client's state and ships it with the client's message, and
+    the client returns it with its reply (entries ``state.<key>``); so the state
+    survives a Ray worker's death, is saved in checkpoints, and a failing client's
+    round leaves it unchanged. None of it counts as protocol bytes.
     """
 
-    _PREFIX = "fedsim."
-
-    def __init__(self, record_dict: RecordDict, device: str = "cpu") -> None:
-        self._records = record_dict
+    def __init__(self, records: MutableMapping[str, ArrayRecord] | None = None, device: str = "cpu") -> None:
+        self._records = records if records is not None else {}
         self._device = device
+
+    def entries(self) -> dict[str, ArrayRecord]:
+        """The state as message entries."""
+        return dict(self._records)
+
+    def keys(self) -> list[str]:
+        """The keys stored so far."""
+        return [k[len(STATE_PREFIX) :] for k in self._records]
 
     def get(self, key: str) -> Tensors | None:
         """The tensors stored under ``key``, or None if never stored."""
-        record = self._records.get(self._PREFIX + key)
+        record = self._records.get(STATE_PREFIX + key)
         return None if record is None else from_record(record, self._device)
 
     def put(self, key: str, tensors: Tensors) -> None:
         """Store ``tensors`` under ``key`` (replacing what was there)."""
-        self._records[self._PREFIX + key] = to_record(tensors)
+        self._records[STATE_PREFIX + key] = to_record(tensors)

@@ -9,13 +9,14 @@ strategy: they are chosen with ``strategy._target_``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from fedsim.evaluation import evaluate as evaluate_model
+from fedsim.persistent import Persistent
 from fedsim.state import ClientState, Tensors
 
 
@@ -73,7 +74,7 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-class Strategy(ABC):
+class Strategy(Persistent, ABC):
     """Base of every fedsim strategy.
 
     Subclasses implement :meth:`local_update` (client side) and :meth:`aggregate`
@@ -100,11 +101,14 @@ class Strategy(ABC):
         x: torch.Tensor,
         y: torch.Tensor,
         honest_clients: list[int],
+        client_states: Mapping[int, ClientState] | None = None,
     ) -> dict[str, float]:
         """Central evaluation after aggregation: the global model's ``test_acc`` and ``test_loss``.
 
         ``honest_clients`` (the truly benign client ids, for scoring only) serves strategies
-        whose clients keep their own models and report their honest clients' mean.
+        whose clients keep their own models and report their honest clients' mean;
+        ``client_states`` (every client's persistent state, as the simulator holds it)
+        serves strategies whose clients keep private layers (personalised evaluation).
         """
         model = new_model()
         model.load_state_dict(global_state, strict=False)

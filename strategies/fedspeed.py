@@ -15,8 +15,8 @@ class FedSpeed(Strategy):
     """FedSpeed (Sun et al., "FedSpeed: Larger Local Interval, Less Communication Round, and
     Higher Generalization Accuracy", ICLR 2023; reference code woodenchild95/FL-Simulator).
 
-    Client i keeps a prox-correction h_i (zero at start, kept in its Flower Context state
-    across rounds, also when not sampled). Each local step on a batch:
+    Client i keeps a prox-correction h_i (zero at start, kept in its client state across
+    rounds, also when not sampled, and in checkpoints). Each local step on a batch:
     g1 = grad f(w); w' = w + rho·g1/||g1||; g2 = grad f(w'); g = (1-alpha)·g1 + alpha·g2;
     d = g + weight_decay·w + lamb·(w - w_t) + lamb·h_i; clip ||d|| to ``max_grad_norm``;
     w -= lr·d, with lr decayed by ``lr_decay`` per round. Afterwards h_i += w - w_t and the
@@ -25,6 +25,8 @@ class FedSpeed(Strategy):
 
     ``lamb`` is the prox weight (the paper's 1/lambda, the reference code's ``lamb``).
     """
+
+    persistent = ("correction_sum",)
 
     def __init__(
         self,

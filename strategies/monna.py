@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
-from fedsim.state import Tensors
+from fedsim.state import ClientState, Tensors
 from fedsim.strategy import ClientUpdate, LocalResult, LocalTask, Strategy, cross_entropy
 
 MOMENTUM_KEY = "monna.momentum"
@@ -18,7 +18,7 @@ class MoNNA(Strategy):
     ICML 2023; reference code LPD-EPFL/robust-collaborative-learning).
 
     Peer-to-peer on a complete graph, synchronous, one stochastic step per round. Every node
-    keeps its own model theta_i and Polyak momentum m_i (in its Flower Context state):
+    keeps its own model theta_i and Polyak momentum m_i (in its client state):
     m_i = beta·m_i + (1-beta)·(g_i + weight_decay·theta_i); it broadcasts the half step
     theta_i - gamma_t·m_i, with gamma_t = lr / (1 + (t-1)/lr_decay_rounds). Each node then
     takes the mean of the n - f received half-step models nearest (L2) to its own (NNA).
@@ -28,6 +28,8 @@ class MoNNA(Strategy):
     (:meth:`payload_for`). ``f=0`` is plain averaging (D-SGD with momentum). The reported
     ``test_acc``/``test_loss`` are the honest nodes' means.
     """
+
+    persistent = ("node_models",)
 
     def __init__(
         self,
@@ -96,6 +98,7 @@ class MoNNA(Strategy):
         x: torch.Tensor,
         y: torch.Tensor,
         honest_clients: list[int],
+        client_states: Mapping[int, ClientState] | None = None,
     ) -> dict[str, float]:
         """The honest nodes' mean test accuracy and loss (each node evaluated on its own model)."""
         model = new_model()  # one module, loaded with each node's state in turn

@@ -39,6 +39,13 @@ def test_cfg_job_shows_the_config(tmp_path):
         (["lr=-0.1"], "lr=-0.1: must be a finite number > 0"),
         (["rounds=abc"], "rounds='abc': must be an integer >= 1"),
         (["device=gpu"], "device='gpu': valid: cpu, cuda, cuda:N, auto"),
+        (["min_clients=0"], "min_clients=0: must be an integer [1, 10]"),
+        (["checkpoint_every=-1"], "checkpoint_every=-1: must be an integer >= 0"),
+        (["resume=/no/such/run"], "resume='/no/such/run': must be true, false or an existing run folder"),
+        (["client_timeout_s=0"], "client_timeout_s=0: must be a finite number > 0"),
+        (["max_update_norm=nan"], "max_update_norm=nan: must be a finite number > 0"),
+        (["strategy=fedspeed", "strategy.rhoo=1"], "strategy.rhoo: unknown key in strategy=fedspeed; valid keys here: "
+         "_target_, alpha, lamb, lr_decay, max_grad_norm, num_clients, rho, weight_decay (use +strategy.rhoo=... to add one)"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_any_work(tmp_path, args, message):
@@ -46,6 +53,13 @@ def test_bad_input_fails_in_one_line_before_any_work(tmp_path, args, message):
     assert result.returncode == 2
     assert result.stderr.strip() == f"fedsim: error: {message}"
     assert not list(tmp_path.glob("outputs/*/*/rounds.jsonl"))
+
+
+def test_unknown_root_key_lists_the_valid_ones(tmp_path):
+    result = fedsim(tmp_path, "roundz=3")
+    assert result.returncode == 2
+    assert result.stderr.startswith("fedsim: error: roundz: unknown key in the root config; valid keys here: batch_size,")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_missing_dataset_files_named(tmp_path):

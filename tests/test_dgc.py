@@ -60,7 +60,7 @@ def test_dgc_residuals_survive_in_client_state_record() -> None:
     codec = DeepGradientCompression(sparsity=0.99)
     records = RecordDict()
     codec.encode(random_update(0), ClientState(records), 1)
-    assert set(records) == {"fedsim.dgc.momentum", "fedsim.dgc.residual"}
+    assert set(records) == {"state.dgc.momentum", "state.dgc.residual"}
     second = codec.decode(codec.encode(random_update(1), ClientState(records), 2), {})
     fresh = codec.decode(codec.encode(random_update(1), ClientState(RecordDict()), 2), {})
     assert not torch.equal(second["w"], fresh["w"])  # the first round's residual was carried over

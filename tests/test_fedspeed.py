@@ -71,7 +71,7 @@ def test_fedspeed_invalid_hyperparameters_name_the_field() -> None:
 
 
 def test_fedspeed_correction_survives_flower_serialisation() -> None:
-    """h_i lives in Context.state: it round-trips through Flower's wire/checkpoint format unchanged."""
+    """h_i lives in the client state: it round-trips through Flower's wire format unchanged."""
     state = RecordDict()
     h = {"weight": torch.randn(3, 2), "bias": torch.randn(3)}
     ClientState(state).put(CORRECTION_KEY, h)

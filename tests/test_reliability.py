@@ -1,0 +1,203 @@
+"""Checkpoint/resume and fault tolerance: a killed run resumes to the same numbers, faults cost one
+client round, and too few replies stop the run clearly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_config, metrics_only, read_rounds
+from fedsim.server import TooFewClients
+from fedsim.simulation import simulate
+
+# Stateful on both sides: FedSpeed (client correction h_i + the server's sum of h_i), DGC (client
+# residuals and momenta), MUD-HoG (server-side update histories), with one sign-flipper.
+STATEFUL = [
+    "dataset=digits",
+    "num_clients=6",
+    "clients_per_round=6",
+    "rounds=8",
+    "strategy=fedspeed",
+    "compression=dgc",
+    "attack=sign_flip",
+    "attack.fraction=0.17",
+    "defense=mudhog",
+    "backend=inline",
+    "progress=false",
+    "checkpoint_every=1",
+]
+
+
+def fedsim_process(run_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedsim", *STATEFUL, f"hydra.run.dir={run_dir}", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def final_checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "round_000008.pt", weights_only=False)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert metrics_only(read_rounds(a)) == metrics_only(read_rounds(b))
+    ca, cb = final_checkpoint(a), final_checkpoint(b)
+    for key in ca["global_state"]:
+        assert torch.equal(ca["global_state"][key], cb["global_state"][key]), key
+    assert ca["client_states"].keys() == cb["client_states"].keys()
+    for cid, states in ca["client_states"].items():
+        for entry, tensors in states.items():
+            for name, tensor in tensors.items():
+                assert torch.equal(tensor, cb["client_states"][cid][entry][name]), (cid, entry, name)
+    correction = ca["components"]["strategy"]["correction_sum"]
+    assert all(torch.equal(v, cb["components"]["strategy"]["correction_sum"][k]) for k, v in correction.items())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reliability") / "uninterrupted"
+    result = finish(fedsim_process(run_dir))
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(uninterrupted, tmp_path):
+    run_dir = tmp_path / "killed"
+    process = fedsim_process(run_dir)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoints" / "round_000003.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists()  # killed before the end
+    assert len(read_rounds(run_dir)) < 8
+
+    result = finish(fedsim_process(run_dir, "resume=true"))
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout + result.stderr
+    assert_same_run(run_dir, uninterrupted)
+
+
+def test_resume_skips_a_truncated_checkpoint(uninterrupted, tmp_path):
+    run_dir = tmp_path / "corrupt"
+    shutil.copytree(uninterrupted, run_dir)
+    newest = run_dir / "checkpoints" / "round_000008.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    result = finish(fedsim_process(run_dir, f"resume={run_dir}"))
+    assert result.returncode == 0, result.stderr
+    assert "round_000008.pt is unreadable" in result.stdout + result.stderr
+    assert_same_run(run_dir, uninterrupted)  # round 8 redone from the round-7 checkpoint
+
+
+def test_all_checkpoints_corrupt_is_one_clear_error_and_loses_nothing(uninterrupted, tmp_path):
+    run_dir = tmp_path / "all_corrupt"
+    shutil.copytree(uninterrupted, run_dir)
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        path.write_bytes(b"garbage")
+    rounds_before = (run_dir / "rounds.jsonl").read_text()
+    result = finish(fedsim_process(run_dir, "resume=true"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("fedsim: error: no readable checkpoint in")
+    assert (run_dir / "rounds.jsonl").read_text() == rounds_before
+
+
+def test_resume_under_another_config_is_refused(uninterrupted, tmp_path):
+    run_dir = tmp_path / "other"
+    shutil.copytree(uninterrupted, run_dir)
+    result = finish(fedsim_process(run_dir, "resume=true", "lr=0.5"))
+    assert result.returncode == 2
+    assert "different config; refusing to resume" in result.stderr
+
+
+@pytest.fixture
+def faulty_module(tmp_path, monkeypatch):
+    """A test-only component: client 1 kills its own process once; client 2 stalls in round 2."""
+    (tmp_path / "faulty.py").write_text(
+        textwrap.dedent(
+            """
+            import os, signal, time
+            from fedsim.attack import Attack
+
+
+            class Faulty(Attack):
+                def __init__(self, marker, stall_s=0.0, client=None):
+                    self.marker, self.stall_s, self.client = marker, stall_s, client
+
+                def for_client(self, client_id, num_clients, seed):
+                    return Faulty(self.marker, self.stall_s, client_id) if client_id in (1, 2) else None
+
+                def poison_data(self, x, y, generator):
+                    if self.client == 1 and not os.path.exists(self.marker):
+                        open(self.marker, "w").close()
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if self.client == 2 and self.stall_s and not os.path.exists(self.marker + ".stalled"):
+                        open(self.marker + ".stalled", "w").close()
+                        time.sleep(self.stall_s)
+                    return x, y
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield str(tmp_path / "marker")
+    sys.modules.pop("faulty", None)
+
+
+def test_killed_ray_worker_is_restarted_and_its_clients_rerun(run_sim, faulty_module):
+    """Client 1 SIGKILLs its Ray worker mid-round: Ray restarts the actor, the lost client rounds run
+    again from their messages, and the run ends exactly as one without the fault."""
+    _, killed, _ = run_sim("backend=ray", "rounds=3", "attack._target_=faulty.Faulty", f"+attack.marker={faulty_module}")
+    assert os.path.exists(faulty_module)  # the worker really was killed
+    assert [r["failures"] for r in killed] == [[], [], []]
+    _, plain, _ = run_sim("backend=inline", "rounds=3")
+    assert metrics_only(killed) == metrics_only(plain)
+
+
+def test_client_over_the_timeout_loses_its_round(run_sim, faulty_module, caplog):
+    open(faulty_module, "w").close()  # no kill here: only the stall
+    _, rounds, _ = run_sim("rounds=2", "client_timeout_s=1.0", "attack._target_=faulty.Faulty",
+                           f"+attack.marker={faulty_module}", "+attack.stall_s=2.5")
+    assert rounds[0]["failures"] == [{"client": 2, "reason": "no reply within client_timeout_s=1.0"}]
+    assert rounds[0]["clients_aggregated"] == 3
+    assert rounds[1]["failures"] == [] and rounds[1]["clients_aggregated"] == 4
+    assert any("client 2: no reply within" in m for m in caplog.messages)
+
+
+def test_fewer_valid_replies_than_min_clients_stops_the_run(tmp_path, faulty_module):
+    open(faulty_module, "w").close()
+    cfg = make_config("min_clients=4", "client_timeout_s=1.0", "attack._target_=faulty.Faulty",
+                      f"+attack.marker={faulty_module}", "+attack.stall_s=2.5")
+    with pytest.raises(TooFewClients, match=r"round 1: only 3 of 4 sampled clients sent a valid update \(min_clients=4\)"):
+        simulate(cfg, tmp_path / "run", progress=False)
+    assert os.path.exists(faulty_module + ".stalled")
+
+
+def test_ray_run_checkpoints_the_same_state_as_inline(tmp_path):
+    runs = {}
+    for backend in ("inline", "ray"):
+        cfg = make_config(*STATEFUL[:-2], f"backend={backend}", "rounds=3", "checkpoint_every=3")
+        simulate(cfg, tmp_path / backend, progress=False)
+        runs[backend] = torch.load(tmp_path / backend / "checkpoints" / "round_000003.pt", weights_only=False)
+    inline, ray = runs["inline"], runs["ray"]
+    assert inline["records"] and metrics_only(inline["records"]) == metrics_only(ray["records"])
+    for cid, states in inline["client_states"].items():
+        assert sorted(states) == sorted(ray["client_states"][cid])
+        for entry, tensors in states.items():
+            assert all(torch.equal(t, ray["client_states"][cid][entry][k]) for k, t in tensors.items())
