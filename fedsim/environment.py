@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ class Environment:
     defense: Defense
     privacy: PrivacyAttack
     device: torch.device
+    _model_template: nn.Module | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Environment":
@@ -74,11 +76,17 @@ class Environment:
         return int(self.cfg["seed"])
 
     def new_model(self) -> nn.Module:
-        """A fresh model, initialised identically in every process from the seed."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, "model-init"))
-            model = instantiate(self.cfg["model"], input_shape=self.data.input_shape, num_classes=self.data.num_classes)
-        return model.to(self.device)
+        """A fresh model, initialised identically in every process from the seed.
+
+        Built once per process (Hydra instantiation and seeded initialisation cost a few ms)
+        and then copied: every call returns an independent module in the initial state.
+        """
+        if self._model_template is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(self.seed, "model-init"))
+                model = instantiate(self.cfg["model"], input_shape=self.data.input_shape, num_classes=self.data.num_classes)
+            self._model_template = model.to(self.device)
+        return copy.deepcopy(self._model_template)
 
     def client_data(self, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's training split, as tensors on the run's device."""

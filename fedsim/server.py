@@ -49,12 +49,6 @@ class TooFewClients(RuntimeError):
     """Fewer than ``min_clients`` valid replies in a round: the run cannot go on meaningfully."""
 
 
-def first_line(reason: str, limit: int = 300) -> str:
-    """The first line of an error reason (tracebacks and Ray's multi-line dumps stay in the log)."""
-    lines = reason.strip().splitlines()
-    return (lines[0] if lines else "unknown error")[:limit]
-
-
 def is_malicious(attack: Attack | None) -> bool:
     """Whether a client run by ``attack`` (None: no attack) is truly malicious."""
     return attack is not None and attack.role == MALICIOUS
@@ -246,9 +240,8 @@ class FederatedServer:
         for reply in sorted(replies, key=lambda r: client_of[r.metadata.src_node_id]):
             cid = client_of[reply.metadata.src_node_id]
             if reply.has_error():
-                reason = first_line(reply.error.reason)
-                log.warning("round %d: client %d failed: %s", server_round, cid, reason)
-                got.failures.append({"client": cid, "reason": reason})
+                log.warning("round %d: client %d failed: %s", server_round, cid, reply.error.reason)
+                got.failures.append({"client": cid, "reason": reply.error.reason})
                 continue  # a failed round leaves the client's state as it was
             self.client_states[cid] = state_entries(reply.content)
             try:
