@@ -74,6 +74,7 @@ def run_ray(server: FederatedServer, client_app: Any, cfg: Config) -> None:
     init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": bool(cfg.get("verbose", False))}
     if not cfg.get("verbose", False):
         init_args["logging_level"] = logging.ERROR
+        hide_actor_shutdown_retries()
     if backend.get("ray_address"):
         init_args["address"] = backend["ray_address"]
     elif backend.get("num_cpus"):
@@ -99,6 +100,29 @@ def run_ray(server: FederatedServer, client_app: Any, cfg: Config) -> None:
     )
     if failure:
         raise failure[0]
+
+
+def hide_actor_shutdown_retries() -> None:
+    """Drop Ray's notice that an actor's ``terminate`` call is retried at shutdown.
+
+    Client actors allow one task retry (so a worker's death costs nothing); Flower ends
+    them with ``exit_actor()``, which Ray reports as a retried failure on stdout. The
+    notice is printed by Ray's driver-side error listener, whose printer is wrapped
+    here; every other Ray error still prints.
+    """
+    import ray._private.worker as ray_worker
+
+    printer = ray_worker.print_to_stdstream
+    if getattr(printer, "fedsim_filtered", False):
+        return
+
+    def filtered(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        lines = [line for line in data.get("lines", []) if "ClientAppActor.terminate failed" not in line]
+        if lines:
+            printer({**data, "lines": lines}, *args, **kwargs)
+
+    filtered.fedsim_filtered = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = filtered
 
 
 def quiet_engine_logs(verbose: bool) -> None:
