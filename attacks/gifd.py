@@ -64,7 +64,7 @@ class GIFD(GradientInversion):
         tv_weight: float = 1e-4,
         l2_weight: float = 1e-4,
         latent_dim: int = 16,
-        generator_epochs: int = 10,
+        generator_epochs: int = 40,
         aux_data: str = "test",
         cache_dir: str = "~/.cache/fedsim",
         **observer: Any,
