@@ -73,11 +73,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         n, length, width = h.shape
-        split = lambda t: t.view(n, length, self.heads, width // self.heads).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.query(h)), split(self.key(h)), split(self.value(h))
+        q, k, v = self._split(self.query(h)), self._split(self.key(h)), self._split(self.value(h))
         scores = q @ k.transpose(-1, -2) / math.sqrt(width // self.heads) + bias
         context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, length, width)
         return self.norm(h + self.dense(context))
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, L, H*D) -> (N, H, L, D)."""
+        n, length, width = t.shape
+        return t.view(n, length, self.heads, width // self.heads).transpose(1, 2)
 
 
 class Block(nn.Module):
