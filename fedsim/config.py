@@ -8,6 +8,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from fedsim.dp import DPConfig
 from fedsim.environment import Config
 
 
@@ -64,11 +65,27 @@ def validate(cfg: Config) -> None:
     for tracker, value in (cfg.get("tracking") or {}).items():
         if tracker in ("tensorboard", "mlflow") and not isinstance(value, bool):
             raise ConfigError(f"tracking.{tracker}={value!r}: must be true or false")
+    if cfg.get("dp") is not None:
+        _dp(cfg)
     backend = cfg["backend"]
     _integer(backend, "client_threads", 1, where="backend.")
     if backend["name"] == "ray":
         _positive(backend, "client_cpus", "backend.")
         _positive(backend, "client_gpus", "backend.", allow_zero=True)
+
+
+def _dp(cfg: Config) -> None:
+    """The ``dp`` node's ranges, and DP asked of a strategy that does not run DP-SGD."""
+    try:
+        dp = DPConfig(**cfg["dp"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    if dp.enabled and "dp" not in cfg["strategy"]:
+        raise ConfigError(
+            f"dp.noise_multiplier={dp.noise_multiplier}, dp.epsilon={dp.epsilon}: strategy "
+            f"{cfg['strategy'].get('_target_')} does not run DP-SGD; use one that takes the dp settings "
+            "(strategy=lora, strategy=ffa_lora)"
+        )
 
 
 def group_options() -> dict[str, list[str]]:

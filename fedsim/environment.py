@@ -14,7 +14,7 @@ from torch import nn
 
 from fedsim.attack import Attack
 from fedsim.codec import Codec
-from fedsim.data import ImageData
+from fedsim.data import ImageData, TextData
 from fedsim.defense import Defense
 from fedsim.privacy import PrivacyAttack
 from fedsim.seeding import derive_seed
@@ -44,7 +44,7 @@ class Environment:
     """Dataset, partition, model factory and the run's components."""
 
     cfg: Config
-    data: ImageData
+    data: ImageData | TextData
     partitions: list[np.ndarray]
     strategy: Strategy
     attack: Attack

@@ -33,7 +33,7 @@ def test_cfg_job_shows_the_config(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["strategy=fedavgg"], "strategy=fedavgg: unknown option; valid strategy options: fedavg, fedprox, fedspeed, monna"),
+        (["strategy=fedavgg"], "strategy=fedavgg: unknown option; valid strategy options: fedavg, fedprox, fedspeed, ffa_lora, lora, monna"),
         (["partition=dirichlet", "partition.alpha=0"], "partition.alpha=0: must be a finite number > 0"),
         (["clients_per_round=20"], "clients_per_round=20: must be an integer in [1, num_clients=10]"),
         (["lr=-0.1"], "lr=-0.1: must be a finite number > 0"),
@@ -46,6 +46,9 @@ def test_cfg_job_shows_the_config(tmp_path):
         (["max_update_norm=nan"], "max_update_norm=nan: must be a finite number > 0"),
         (["strategy=fedspeed", "strategy.rhoo=1"], "strategy.rhoo: unknown key in strategy=fedspeed; valid keys here: "
          "_target_, alpha, lamb, lr_decay, max_grad_norm, num_clients, rho, weight_decay (use +strategy.rhoo=... to add one)"),
+        (["strategy=ffa_lora", "dp.clip=0"], "dp.clip=0: must be a finite number > 0"),
+        (["dp.noise_multiplier=1.0"], "dp.noise_multiplier=1.0, dp.epsilon=None: strategy fedsim.strategies.fedavg.FedAvg "
+         "does not run DP-SGD; use one that takes the dp settings (strategy=lora, strategy=ffa_lora)"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_any_work(tmp_path, args, message):

@@ -1,4 +1,4 @@
-"""Offline data layer: normalised image datasets and client partitioners.
+"""Offline data layer: normalised image datasets, tokenised text datasets and client partitioners.
 
 Datasets come from packages already installed (``embedded``) or from files on
 local disk (``files``); nothing is ever downloaded. Partitioners (``partition``)
@@ -9,9 +9,12 @@ from fedsim.data.embedded import digits, mnist5k
 from fedsim.data.files import cifar10, fashion_mnist, mnist, read_idx
 from fedsim.data.image_data import ImageData, from_uint8
 from fedsim.data.partition import dirichlet, iid, shards
+from fedsim.data.text import TextData, chatbot_topics
 
 __all__ = [
     "ImageData",
+    "TextData",
+    "chatbot_topics",
     "cifar10",
     "digits",
     "dirichlet",

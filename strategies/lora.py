@@ -1,0 +1,98 @@
+"""Federated LoRA fine-tuning, vanilla and FFA-LoRA, with optional DP-SGD on the clients."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedsim.dp import DPConfig, epsilon_spent, per_sample_grads, poisson_batches, private_gradient
+from fedsim.lora import lora_a_names
+from fedsim.state import Tensors
+from fedsim.strategies.fedavg import FedAvg
+from fedsim.strategy import LocalResult, LocalTask
+
+DP_STEPS_KEY = "lora.dp_steps"  # client state: DP-SGD steps taken so far, for the accountant
+
+
+class LoRA(FedAvg):
+    """Federated LoRA: clients train every adapter's A and B and the classifier head; the server
+    averages each of them separately (FedAvg over the adapter state). The frozen backbone is not
+    exchanged: every process rebuilds it from the pretrained weights.
+
+    Averaging A and B separately is not averaging the updates B·A: mean(B_i)·mean(A_i) differs
+    from mean(B_i·A_i), the discordance FFA-LoRA removes (Sun et al., ICLR 2024).
+
+    With ``dp`` on, each local step is DP-SGD (:mod:`fedsim.dp`) on the trainable tensors only,
+    and every client reports ``dp_epsilon`` (all its steps so far, at ``dp.delta``) and ``dp_sigma``.
+    """
+
+    freeze_a = False
+
+    def __init__(self, dp: dict[str, Any] | None = None, rounds: int = 1) -> None:
+        if rounds < 1:
+            raise ValueError(f"strategy.rounds={rounds}: must be an integer >= 1")
+        self.dp = DPConfig(**(dp or {}))
+        self.rounds = rounds  # the horizon a dp.epsilon target is spread over
+
+    def shared_names(self, model: nn.Module) -> set[str]:
+        """The exchanged (and trained) tensors: adapters and head; FFA-LoRA leaves every A out."""
+        a_names = lora_a_names(model)
+        if not a_names:
+            raise ValueError(
+                f"strategy={type(self).__name__} needs a model with LoRA adapters (model=minilm_lora), got {type(model).__name__}"
+            )
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        return trainable - a_names if self.freeze_a else trainable
+
+    def init_global(self, model: nn.Module) -> Tensors:
+        shared = self.shared_names(model)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if n in shared}
+
+    # Client side.
+
+    def local_update(self, task: LocalTask) -> LocalResult:
+        for name, p in task.model.named_parameters():
+            p.requires_grad_(name in task.global_state)
+        if self.dp.enabled:
+            train_loss, metrics = self.dp_sgd(task)
+        else:
+            train_loss, metrics = self.sgd_epochs(task), {}
+        delta = self.model_delta(task.model, task.global_state)
+        return LocalResult(delta, len(task.y), {"train_loss": train_loss, **metrics})
+
+    def dp_sgd(self, task: LocalTask) -> tuple[float, dict[str, float]]:
+        """DP-SGD for ``local_epochs`` epochs of Poisson batches (expected size ``batch_size``)."""
+        n = len(task.y)
+        sample_rate = min(1.0, task.batch_size / n)
+        steps = task.local_epochs * math.ceil(n / task.batch_size)
+        sigma = self.dp.sigma(sample_rate, steps * self.rounds)
+        params = {name: p for name, p in task.model.named_parameters() if name in task.global_state}
+        task.model.train()
+        total, count = 0.0, 0
+        for idx in poisson_batches(n, sample_rate, steps, task.generator):
+            grads, losses = per_sample_grads(task.model, params, task.x[idx], task.y[idx])
+            noisy = private_gradient(grads, self.dp.clip, sigma, sample_rate * n, task.generator)
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.sub_(task.lr * noisy[name])
+            total += float(losses.sum())
+            count += len(losses)
+        stored = task.client_state.get(DP_STEPS_KEY)
+        taken = steps + (int(stored["steps"]) if stored else 0)
+        task.client_state.put(DP_STEPS_KEY, {"steps": torch.tensor(taken)})
+        epsilon = epsilon_spent(sigma, sample_rate, taken, self.dp.delta)
+        return total / max(count, 1), {"dp_epsilon": epsilon, "dp_sigma": sigma, "dp_steps": float(taken)}
+
+
+class FFALoRA(LoRA):
+    """FFA-LoRA (Sun, Li, Li, Ding, "Improving LoRA in Privacy-preserving Federated Learning",
+    ICLR 2024): every adapter's A stays at its random non-zero initialisation, identical on all
+    clients (drawn from the run seed and the layer name); clients train and upload only B and
+    the head, half the adapter uplink. With A shared and fixed, mean(B_i)·A = mean(B_i·A):
+    the server's average is the exact average of the clients' low-rank updates.
+    """
+
+    freeze_a = True
