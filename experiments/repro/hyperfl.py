@@ -26,6 +26,7 @@ Run: .venv/bin/python experiments/repro/hyperfl.py   (~9 min on 2 cores; outputs
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Any
@@ -87,6 +88,7 @@ def accuracy() -> tuple[dict[str, Any], dict[str, list[float]]]:
             overrides = [*ACCURACY, *extra, f"seed={seed}"]
             name = f"hyperfl/acc_{method}_seed{seed}"
             started = time.perf_counter()
+            shutil.rmtree(OUT / name, ignore_errors=True)  # no checkpoint of an earlier run may be read
             records = run(name, overrides)
             scores = personalised(overrides, name) if method == "FedAvg" else {"personalised": records[-1]["test_acc"], "global": None}
             results[(method, seed)] = {**scores, "seconds": time.perf_counter() - started}
@@ -179,7 +181,7 @@ def main() -> int:
 
     print("\nGradient inversion of round-1 uploads (4 clients, ~4 digits each, labels known to the attacker)")
     print_table(["target", "attack", "PSNR (dB)", "SSIM", "clients", "seconds"],
-                [[m, a, r["psnr"], r["ssim"], r["images"], f"{r['seconds']:.0f}"] for (m, a), r in inv.items()])
+                [[m, a, r["psnr"], r["ssim"], r["clients"], f"{r['seconds']:.0f}"] for (m, a), r in inv.items()])
 
     fig, (ax_acc, ax_inv) = figure(ncols=2, width=12.0)
     for label, values in curves.items():
