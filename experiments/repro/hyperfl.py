@@ -21,7 +21,7 @@ analytic attack outside fedsim's observers ("bias ratio*", see :func:`bias_ratio
 Gates: HyperFL's personalised accuracy at most 5 points below FedAvg's (mean over seeds; the paper's
 "comparable"; a gain passes and is printed); every fedsim attack on HyperFL scores no better than the
 mean-image guess; FedAvg's IG PSNR at least 10 dB above the best fedsim attack on HyperFL.
-Run: .venv/bin/python experiments/repro/hyperfl.py   (~9 min on 2 cores; outputs in experiments/repro/out/hyperfl/)
+Run: .venv/bin/python experiments/repro/hyperfl.py   (~5 min on 2 cores; outputs in experiments/repro/out/hyperfl/)
 """
 
 from __future__ import annotations
@@ -187,9 +187,9 @@ def main() -> int:
     for label, values in curves.items():
         ax_acc.plot(range(1, len(values) + 1), values, label=label)
     ax_acc.set(xlabel="round", ylabel="test accuracy", title=f"digits, 3 labels per client, seed {SEEDS[0]}")
-    labels = [f"{m}\n{a}" for m, a in inv]
+    labels = [m if a == "-" else f"{m} / {a}" for m, a in inv]
     ax_inv.bar(range(len(inv)), [r["psnr"] for r in inv.values()], label="mean PSNR")
-    ax_inv.set_xticks(range(len(inv)), labels, fontsize=7)
+    ax_inv.set_xticks(range(len(inv)), labels, fontsize=7, rotation=35, ha="right")
     ax_inv.set(ylabel="PSNR (dB)", title="inversion of round-1 uploads")
     (OUT / "hyperfl").mkdir(parents=True, exist_ok=True)
     save_figure(fig, OUT / "hyperfl" / "hyperfl.png")
