@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 LABEL_SOURCES = ("infer", "known")
 
 
+class LabelInferenceError(ValueError):
+    """The update carries no classifier-layer gradient to read the labels from (iDLG's rule)."""
+
+
 @dataclass
 class InversionTarget:
     """What the server knows about one client's update, and the differentiable tools to invert it."""
@@ -152,7 +156,7 @@ class InversionTarget:
         for name, p in reversed(list(self.model.named_parameters())):
             if p.dim() == 2 and p.shape[0] == self.num_classes and name in self.update:
                 return self.observed_gradient()[name]
-        raise ValueError("the update holds no last-layer weight (num_classes x features): cannot infer labels")
+        raise LabelInferenceError("the update holds no last-layer weight (num_classes x features): cannot infer labels")
 
     def _parameters(self) -> Tensors:
         return {k: p.detach() for k, p in self.model.named_parameters() if k in self.update}
@@ -238,10 +242,8 @@ class GradientInversion(PrivacyAttack):
         x_true, y_true = env.client_data(update.client_id)
         if len(y_true) > self.max_images:
             return {"skipped": f"{len(y_true)} examples > privacy_attack.max_images={self.max_images}"}
-        model = env.new_model()
-        model.load_state_dict(global_state, strict=False)
         target = InversionTarget.from_update(
-            model,
+            env.strategy.attack_model(global_state, env.new_model),
             update.update,
             env.data,
             lr=float(env.strategy.configure_round(server_round).get("lr", env.cfg["lr"])),
@@ -252,7 +254,10 @@ class GradientInversion(PrivacyAttack):
         )
         if not target.update:
             return {"skipped": "the update holds none of the model's parameters"}
-        x_rec, y_rec = self.reconstruct(target, y_true if self.labels == "known" else None)
+        try:
+            x_rec, y_rec = self.reconstruct(target, y_true if self.labels == "known" else None)
+        except LabelInferenceError as exc:
+            return {"skipped": f"{exc}; use privacy_attack.labels=known"}
         x_rec = torch.nan_to_num(x_rec)  # a diverged attack is scored as what it produced
         true_px, rec_px = (env.data.denormalise(x.detach().cpu().numpy()) for x in (x_true, x_rec))
         scores = score_batch(true_px, y_true.cpu().numpy(), rec_px, y_rec.cpu().numpy())

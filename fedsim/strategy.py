@@ -45,10 +45,10 @@ class LocalTask:
     client_state: ClientState
     config: dict[str, float | int | str] = field(default_factory=dict)
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled mini-batches over ``local_epochs`` epochs, drawn from ``generator``."""
+    def batches(self, epochs: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled mini-batches over ``epochs`` epochs (default ``local_epochs``), drawn from ``generator``."""
         n = len(self.y)
-        for _ in range(self.local_epochs):
+        for _ in range(self.local_epochs if epochs is None else epochs):
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
@@ -113,6 +113,18 @@ class Strategy(Persistent, ABC):
         model = new_model()
         model.load_state_dict(global_state, strict=False)
         return evaluate_model(model, x, y)
+
+    def attack_model(self, global_state: Tensors, new_model: Callable[[], nn.Module]) -> nn.Module:
+        """The public model an honest-but-curious server differentiates to invert a client's upload.
+
+        Its named parameters carry the names of the uploaded tensors, and its forward maps
+        images to logits. Default: the configured model holding the global state. Strategies
+        whose uploads are not model parameters (e.g. a hypernetwork generating them) return
+        what the server can build from public knowledge alone.
+        """
+        model = new_model()
+        model.load_state_dict(global_state, strict=False)
+        return model
 
     def upload_shapes(self, global_state: Tensors) -> dict[str, tuple[int, ...]]:
         """The arrays (names and shapes) a valid client upload must hold."""

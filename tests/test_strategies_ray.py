@@ -1,4 +1,4 @@
-"""FedSpeed and MoNNA end to end through Flower's Ray simulation engine: same numbers as the inline backend."""
+"""FedSpeed, MoNNA and HyperFL end to end through Flower's Ray simulation engine: same numbers as the inline backend."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ RUNS = {
     # per-client payloads (each node's own model) and the honest-node evaluation, with a faulty node
     "monna": ("strategy=monna", "strategy.f=1", "num_clients=3", "clients_per_round=3", "rounds=2",
               "attack=sign_flip", "attack.fraction=null", "attack.count=1"),
+    # private embedding + head in each client's state, hypernetwork-only uploads, personalised evaluation
+    "hyperfl": ("strategy=hyperfl", "num_clients=3", "clients_per_round=2", "rounds=2", "model.hidden=[16]"),
 }
 
 

@@ -18,12 +18,17 @@ from fedsim.simulation import simulate  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def run(name: str, overrides: list[str]) -> list[dict[str, Any]]:
-    """Run one configuration (inline backend) into ``out/<name>``; returns its round records."""
+def config(overrides: list[str]) -> dict[str, Any]:
+    """The resolved config of ``overrides`` (inline backend, no progress bar), composed as the CLI does."""
     with initialize_config_module(config_module="fedsim.conf", version_base=None):
         cfg = compose(config_name="config", overrides=["backend=inline", "progress=false", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run(name: str, overrides: list[str]) -> list[dict[str, Any]]:
+    """Run one configuration (inline backend) into ``out/<name>``; returns its round records."""
     out = OUT / name
-    simulate(OmegaConf.to_container(cfg, resolve=True), out, progress=False)
+    simulate(config(overrides), out, progress=False)
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
 
 

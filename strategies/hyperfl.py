@@ -1,0 +1,285 @@
+"""HyperFL: a shared hypernetwork generates each client's feature extractor; embeddings and classifiers stay private."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fedsim.evaluation import evaluate_for_labels
+from fedsim.seeding import derive_seed, torch_generator
+from fedsim.state import ClientState, Tensors
+from fedsim.strategies.fedavg import FedAvg
+from fedsim.strategy import LocalResult, LocalTask
+
+log = logging.getLogger("fedsim")
+
+PRIVATE_KEY = "hyperfl.private"  # client state: the private embedding and classifier head
+LABELS_KEY = "hyperfl.labels"  # client state: the client's label counts (personalised scoring only)
+HYPER_PREFIX = "hypernet."  # names of the shared (uploaded, averaged) tensors
+EMBEDDING = "embedding"
+
+
+class HyperNetwork(nn.Module):
+    """embedding -> Linear(embedding_dim, hidden_dim) -> ReLU -> one Linear(hidden_dim, numel) per generated tensor."""
+
+    def __init__(self, shapes: Mapping[str, torch.Size], embedding_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.shapes = {name: tuple(shape) for name, shape in shapes.items()}
+        self.trunk = nn.Sequential(nn.Linear(embedding_dim, hidden_dim), nn.ReLU())
+        self.heads = nn.ModuleList(nn.Linear(hidden_dim, math.prod(shape)) for shape in self.shapes.values())
+
+    def forward(self, embedding: torch.Tensor) -> Tensors:
+        hidden = self.trunk(embedding)
+        return {name: head(hidden).view(shape) for (name, shape), head in zip(self.shapes.items(), self.heads)}
+
+
+class HyperModel(nn.Module):
+    """One client's model: the target network whose feature extractor is ``hypernet(embedding)``.
+
+    The target's own parameters outside ``generated`` (the classifier head) are used as they
+    are; the generated ones are replaced through :func:`torch.func.functional_call`, so the
+    gradient of the loss reaches the hypernetwork and the embedding.
+    """
+
+    def __init__(self, target: nn.Module, hypernet: HyperNetwork, embedding_dim: int) -> None:
+        super().__init__()
+        self.target = target
+        self.hypernet = hypernet
+        self.embedding = nn.Parameter(torch.zeros(embedding_dim, device=next(target.parameters()).device))
+        for name, p in target.named_parameters():
+            if name in hypernet.shapes:
+                p.requires_grad_(False)  # placeholders: the generated tensors stand in for them
+
+    def generate(self) -> Tensors:
+        """The feature extractor's tensors for this client's embedding."""
+        return self.hypernet(self.embedding)
+
+    def forward(self, x: torch.Tensor, weights: Tensors | None = None) -> torch.Tensor:
+        return functional_call(self.target, self.generate() if weights is None else weights, (x,))
+
+
+class HyperFL(FedAvg):
+    """HyperFL (Guo, Zeng, Chen, Zhang, Ren, Zhou and Qu, "A New Federated Learning Framework
+    Against Gradient Inversion Attacks", AAAI 2025; reference code Pengxin-Guo/HyperFL).
+
+    The configured model is split into a private classifier head (``head``: a Linear module;
+    null: the model's last Linear layer) and a feature extractor (every other parameter), which
+    a shared hypernetwork generates from the client's private embedding (dim ``embedding_dim``):
+    embedding -> Linear -> ReLU (``hidden_dim``) -> one linear head per generated tensor.
+
+    Per round a client (1) trains its head alone for ``head_epochs`` (SGD ``head_lr``,
+    momentum ``head_momentum``) on the generated feature extractor, then (2) trains the
+    hypernetwork and its embedding for ``local_epochs`` with the head frozen (SGD ``lr``,
+    momentum ``momentum``, each group's gradient norm clipped to ``max_grad_norm``); both
+    stages use ``weight_decay``. It uploads only the hypernetwork's change; the server adds
+    the data-size-weighted mean (FedAvg on the hypernetwork) and broadcasts it to all. The
+    embedding and head live in the client's state (initialised from (seed, client id)), so
+    they persist across rounds and in checkpoints and never leave the client.
+
+    Evaluation is personalised: every honest client that has trained so far is scored with
+    its own model (global hypernetwork + its private embedding and head) on the central test
+    set re-weighted to its own label distribution; ``test_acc``/``test_loss`` are their means.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        embedding_dim: int = 64,
+        hidden_dim: int = 128,
+        head: str | None = None,
+        head_lr: float = 0.1,
+        head_epochs: int = 1,
+        head_momentum: float = 0.5,
+        momentum: float = 0.5,
+        weight_decay: float = 5e-4,
+        max_grad_norm: float = 50.0,
+    ) -> None:
+        checks = {
+            "embedding_dim": (embedding_dim, isinstance(embedding_dim, int) and embedding_dim >= 1, "an integer >= 1"),
+            "hidden_dim": (hidden_dim, isinstance(hidden_dim, int) and hidden_dim >= 1, "an integer >= 1"),
+            "head_lr": (head_lr, head_lr > 0, "> 0"),
+            "head_epochs": (head_epochs, isinstance(head_epochs, int) and head_epochs >= 0, "an integer >= 0"),
+            "head_momentum": (head_momentum, 0 <= head_momentum < 1, "in [0, 1)"),
+            "momentum": (momentum, 0 <= momentum < 1, "in [0, 1)"),
+            "weight_decay": (weight_decay, weight_decay >= 0, ">= 0"),
+            "max_grad_norm": (max_grad_norm, max_grad_norm > 0, "> 0"),
+        }
+        for name, (value, ok, rule) in checks.items():
+            if not ok:
+                raise ValueError(f"strategy.{name}={value}: must be {rule}")
+        self.seed, self.embedding_dim, self.hidden_dim, self.head = int(seed), embedding_dim, hidden_dim, head
+        self.head_lr, self.head_epochs, self.head_momentum = head_lr, head_epochs, head_momentum
+        self.momentum, self.weight_decay, self.max_grad_norm = momentum, weight_decay, max_grad_norm
+
+    # The model split.
+
+    def head_module(self, model: nn.Module) -> tuple[str, nn.Linear]:
+        """(name, module) of the private classifier head."""
+        linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+        if not linear:
+            raise ValueError(f"strategy=hyperfl: {type(model).__name__} has no Linear layer to keep as the private head")
+        name = list(linear)[-1] if self.head is None else self.head
+        if name not in linear:
+            raise ValueError(f"strategy.head={name!r}: not a Linear module of the model; its Linear modules: {', '.join(linear)}")
+        return name, linear[name]
+
+    def head_names(self, model: nn.Module) -> list[str]:
+        """Names of the head's parameters in the target model."""
+        name, module = self.head_module(model)
+        return [f"{name}.{p}" for p, _ in module.named_parameters()]
+
+    def build(self, model: nn.Module) -> HyperModel:
+        """Wrap ``model`` (the target) with a hypernetwork generating all of it but the head.
+
+        The hypernetwork's initial weights derive from the seed (the global state's start).
+        """
+        private = set(self.head_names(model))
+        shapes = {n: p.shape for n, p in model.named_parameters() if n not in private}
+        if not shapes:
+            raise ValueError("strategy=hyperfl: the model has no parameters outside the head to generate")
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "hyperfl-hypernetwork"))
+            hypernet = HyperNetwork(shapes, self.embedding_dim, self.hidden_dim).to(device)
+        return HyperModel(model, hypernet, self.embedding_dim)
+
+    @staticmethod
+    def shared(hyper: HyperModel) -> Tensors:
+        """The hypernetwork's tensors under their upload names."""
+        return {HYPER_PREFIX + k: v.detach().clone() for k, v in hyper.hypernet.state_dict().items()}
+
+    @staticmethod
+    def load_shared(hyper: HyperModel, global_state: Tensors) -> None:
+        hyper.hypernet.load_state_dict({k[len(HYPER_PREFIX) :]: v for k, v in global_state.items()})
+
+    def private(self, hyper: HyperModel) -> Tensors:
+        """The client's private tensors: embedding and head."""
+        params = dict(hyper.target.named_parameters())
+        return {EMBEDDING: hyper.embedding.detach().clone(), **{n: params[n].detach().clone() for n in self.head_names(hyper.target)}}
+
+    def load_private(self, hyper: HyperModel, private: Tensors) -> None:
+        params = dict(hyper.target.named_parameters())
+        with torch.no_grad():
+            hyper.embedding.copy_(private[EMBEDDING])
+            for name in self.head_names(hyper.target):
+                params[name].copy_(private[name])
+
+    def initial_private(self, hyper: HyperModel, generator: torch.Generator) -> Tensors:
+        """Fresh private parts drawn from ``generator``: embedding ~ N(0, 1) (nn.Embedding's init) and the
+        head ~ U(+-1/sqrt(fan_in)) (nn.Linear's range)."""
+        _, module = self.head_module(hyper.target)
+        device = hyper.embedding.device
+
+        def draw(shape: torch.Size, bound: float | None = None) -> torch.Tensor:
+            if bound is None:
+                return torch.randn(shape, generator=generator).to(device)
+            return ((torch.rand(shape, generator=generator) * 2 - 1) * bound).to(device)
+
+        bound = 1 / math.sqrt(module.in_features)
+        head_name, _ = self.head_module(hyper.target)
+        return {
+            EMBEDDING: draw(hyper.embedding.shape),
+            **{f"{head_name}.{n}": draw(p.shape, bound) for n, p in module.named_parameters()},
+        }
+
+    # Engine hooks.
+
+    def init_global(self, model: nn.Module) -> Tensors:
+        """The shared state is the hypernetwork only."""
+        return self.shared(self.build(model))
+
+    def attack_model(self, global_state: Tensors, new_model: Callable[[], nn.Module]) -> nn.Module:
+        """What the server can differentiate: the hypernetwork it holds, feeding the target network, with an
+        embedding and head of its own guessing (drawn like a client's initial ones from a seed no client uses)."""
+        hyper = self.build(new_model())
+        self.load_shared(hyper, global_state)
+        self.load_private(hyper, self.initial_private(hyper, torch_generator(self.seed, "hyperfl-attacker-guess")))
+        return hyper
+
+    # Client side.
+
+    def local_update(self, task: LocalTask) -> LocalResult:
+        hyper = self.build(task.model)
+        self.load_shared(hyper, task.global_state)
+        private = task.client_state.get(PRIVATE_KEY)
+        if private is None:
+            private = self.initial_private(hyper, torch_generator(self.seed, "hyperfl", task.client_id))
+        self.load_private(hyper, private)
+        hyper.train()
+        params = dict(hyper.target.named_parameters())
+        head = [params[n] for n in self.head_names(hyper.target)]
+
+        # (1) the head alone, on the feature extractor the current hypernetwork generates
+        with torch.no_grad():
+            weights = hyper.generate()
+        optimizer = torch.optim.SGD(head, lr=self.head_lr, momentum=self.head_momentum, weight_decay=self.weight_decay)
+        head_loss = self.run_epochs(task, self.head_epochs, optimizer, lambda x: hyper(x, weights), [])
+
+        # (2) the hypernetwork and the embedding, head frozen
+        for p in head:
+            p.requires_grad_(False)
+        groups = [list(hyper.hypernet.parameters()), [hyper.embedding]]
+        optimizer = torch.optim.SGD(
+            [{"params": g} for g in groups], lr=task.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        loss = self.run_epochs(task, task.local_epochs, optimizer, hyper, groups)
+
+        task.client_state.put(PRIVATE_KEY, self.private(hyper))
+        task.client_state.put(LABELS_KEY, {"counts": torch.bincount(task.y, minlength=head[0].shape[0]).float()})
+        delta = {k: v - task.global_state[k] for k, v in self.shared(hyper).items()}
+        return LocalResult(delta, len(task.y), {"train_loss": loss, "head_loss": head_loss})
+
+    def run_epochs(
+        self,
+        task: LocalTask,
+        epochs: int,
+        optimizer: torch.optim.Optimizer,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        clip_groups: list[list[torch.Tensor]],
+    ) -> float:
+        """SGD over ``epochs`` shuffled epochs of the task's data; each of ``clip_groups`` has its gradient
+        norm clipped to ``max_grad_norm``. Returns the mean loss (NaN for zero epochs)."""
+        total, steps = 0.0, 0
+        for x, y in task.batches(epochs):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(forward(x), y)
+            loss.backward()
+            for group in clip_groups:
+                nn.utils.clip_grad_norm_(group, self.max_grad_norm)
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+        return total / steps if steps else float("nan")
+
+    # Server side: aggregation is FedAvg's, on the hypernetwork (inherited).
+
+    def evaluate(
+        self,
+        global_state: Tensors,
+        new_model: Callable[[], nn.Module],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        honest_clients: list[int],
+        client_states: Mapping[int, ClientState] | None = None,
+    ) -> dict[str, float]:
+        """Mean over the honest clients that hold private parts of their personal model's accuracy and
+        loss on the test set re-weighted to their label distribution; ``eval_clients``: how many."""
+        hyper = self.build(new_model())
+        self.load_shared(hyper, global_state)
+        scores = []
+        for cid in honest_clients:
+            state = (client_states or {}).get(cid)
+            private = None if state is None else state.get(PRIVATE_KEY)
+            if private is None:
+                continue  # never trained: it has no personal model yet
+            self.load_private(hyper, private)
+            scores.append(evaluate_for_labels(hyper, x, y, state.get(LABELS_KEY)["counts"]))
+        if not scores:
+            log.warning("hyperfl: no honest client has trained yet; no personalised score")
+            return {"test_acc": float("nan"), "test_loss": float("nan"), "eval_clients": 0}
+        return {**{k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}, "eval_clients": len(scores)}
