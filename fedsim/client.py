@@ -18,7 +18,7 @@ from fedsim.attack import Attack
 from fedsim.environment import Config, environment_for
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState, from_record, state_entries
-from fedsim.strategy import LocalTask
+from fedsim.strategy import LocalTask, model_holding
 
 TRUTH_KEY = "truth"  # reply record holding the client's true role and attack type (scoring only)
 
@@ -41,8 +41,7 @@ def run_local_round(cfg: Config, message: Message, context: Context) -> Message:
     x, y = env.client_data(cid)
     if attack is not None:
         x, y = attack.poison_data(x, y, torch_generator(env.seed, "data-attack", server_round, cid))
-    model = env.new_model()
-    model.load_state_dict(global_state, strict=False)
+    model = model_holding(global_state, env.new_model)
     client_state = ClientState(state_entries(message.content), str(env.device))
     task = LocalTask(
         round=server_round,

@@ -27,7 +27,7 @@ from fedsim.results import RunRecorder
 from fedsim.sampling import sample_clients
 from fedsim.scoring import detection_scores
 from fedsim.state import ClientState, Tensors, from_record, record_nbytes, state_entries, to_record
-from fedsim.strategy import ClientUpdate
+from fedsim.strategy import ClientUpdate, model_holding
 from fedsim.validation import update_problem
 
 log = logging.getLogger("fedsim")
@@ -92,6 +92,7 @@ class FederatedServer:
 
     def start(self) -> tuple[int, Tensors]:
         """(rounds already done, global state): a fresh start, or the newest checkpoint when resuming."""
+        # init_global also sets up a strategy's server-side attributes; a checkpoint then overwrites them
         global_state = self.env.strategy.init_global(self.env.new_model())
         if not self.cfg.get("resume"):
             return 0, global_state
@@ -191,8 +192,6 @@ class FederatedServer:
             log.warning("round %d: no update to aggregate; the global model is unchanged", server_round)
 
         test_x, test_y = env.test_data()
-        model = env.new_model()
-        model.load_state_dict(global_state, strict=False)
         metrics = {
             **strategy.evaluate(
                 global_state,
@@ -202,7 +201,7 @@ class FederatedServer:
                 self.honest_clients,
                 {cid: ClientState(entries, str(env.device)) for cid, entries in self.client_states.items()},
             ),
-            **env.attack.test_metrics(model, test_x, test_y),
+            **env.attack.test_metrics(model_holding(global_state, env.new_model), test_x, test_y),
         }
         losses = [(u.metrics["train_loss"], u.num_examples) for u in got.updates if "train_loss" in u.metrics]
         train_loss = sum(l * n for l, n in losses) / sum(n for _, n in losses) if losses else None

@@ -52,10 +52,6 @@ class ClientState:
         """The state as message entries."""
         return dict(self._records)
 
-    def keys(self) -> list[str]:
-        """The keys stored so far."""
-        return [k[len(STATE_PREFIX) :] for k in self._records]
-
     def get(self, key: str) -> Tensors | None:
         """The tensors stored under ``key``, or None if never stored."""
         record = self._records.get(STATE_PREFIX + key)

@@ -28,6 +28,13 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return nn.functional.cross_entropy(model(x), y)
 
 
+def model_holding(state: Tensors, new_model: Callable[[], nn.Module]) -> nn.Module:
+    """A fresh model loaded with ``state`` (non-strict: a strategy may share a subset of its tensors)."""
+    model = new_model()
+    model.load_state_dict(state, strict=False)
+    return model
+
+
 @dataclass
 class LocalTask:
     """What one client's local update works on, prepared by the engine."""
@@ -110,9 +117,7 @@ class Strategy(Persistent, ABC):
         ``client_states`` (every client's persistent state, as the simulator holds it)
         serves strategies whose clients keep private layers (personalised evaluation).
         """
-        model = new_model()
-        model.load_state_dict(global_state, strict=False)
-        return evaluate_model(model, x, y)
+        return evaluate_model(model_holding(global_state, new_model), x, y)
 
     def attack_model(self, global_state: Tensors, new_model: Callable[[], nn.Module]) -> nn.Module:
         """The public model an honest-but-curious server differentiates to invert a client's upload.
@@ -122,9 +127,7 @@ class Strategy(Persistent, ABC):
         whose uploads are not model parameters (e.g. a hypernetwork generating them) return
         what the server can build from public knowledge alone.
         """
-        model = new_model()
-        model.load_state_dict(global_state, strict=False)
-        return model
+        return model_holding(global_state, new_model)
 
     def upload_shapes(self, global_state: Tensors) -> dict[str, tuple[int, ...]]:
         """The arrays (names and shapes) a valid client upload must hold."""
