@@ -11,7 +11,8 @@ from sklearn.cluster import DBSCAN, KMeans
 
 from fedsim.attack import BENIGN, UNRELIABLE
 from fedsim.defense import Defense, Verdict
-from fedsim.strategy import ClientUpdate
+from fedsim.params import check_choice, check_range
+from fedsim.strategy import ClientUpdate, Combine, uniform_mean
 
 SIGN_FLIP, ADDITIVE_NOISE, TARGETED = "sign_flip", "additive_noise", "targeted"
 
@@ -42,9 +43,10 @@ class MudHog(Defense):
     KMeans(2) split of the remaining long HoGs; (4) suspicion is confirmed after ``confirm_rounds``
     consecutive suspicious rounds (twice that for targeted) and cleared after two clean ones;
     a client keeps the type it was first confirmed as; (5) unreliable clients have a short-HoG cosine to the median of the rest below the largest gap
-    for more than ``confirm_rounds`` rounds (a decaying counter). The aggregate is the unweighted
-    mean of the updates of clients neither confirmed malicious nor suspected this round;
-    unreliable clients are kept, as in the paper.
+    for more than ``confirm_rounds`` rounds (a decaying counter). The kept updates are those of
+    clients neither confirmed malicious nor suspected this round (unreliable clients are kept, as
+    in the paper); the paper combines them with the unweighted mean (``mean=uniform``, the
+    default); ``mean=strategy`` keeps the strategy's own combine (FedAvg's weighted mean).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class MudHog(Defense):
         dbscan_eps: float = 0.5,
         dbscan_min_samples: int = 5,
         sign_flip_history: str = "short",
+        mean: str = "uniform",
     ) -> None:
         for field, value, low in (
             ("tau0", tau0, 0),
@@ -62,12 +65,11 @@ class MudHog(Defense):
             ("confirm_rounds", confirm_rounds, 1),
             ("dbscan_min_samples", dbscan_min_samples, 1),
         ):
-            if value < low:
-                raise ValueError(f"defense.{field}={value}: must be >= {low}")
-        if sign_flip_history not in ("short", "long"):
-            raise ValueError(f"defense.sign_flip_history={sign_flip_history!r}: must be 'short' or 'long'")
-        if dbscan_eps <= 0:
-            raise ValueError(f"defense.dbscan_eps={dbscan_eps}: must be > 0")
+            check_range(f"defense.{field}", value, low=low, integer=True)
+        check_choice("defense.sign_flip_history", sign_flip_history, ("short", "long"))
+        check_range("defense.dbscan_eps", dbscan_eps, low=0, low_open=True)
+        check_choice("defense.mean", mean, ("uniform", "strategy"))
+        self.mean = mean
         self.tau0, self.short_window, self.confirm_rounds = tau0, short_window, confirm_rounds
         self.dbscan_eps, self.dbscan_min_samples = dbscan_eps, dbscan_min_samples
         self.sign_flip_history = sign_flip_history
@@ -184,9 +186,11 @@ class MudHog(Defense):
             self.track_unreliable(present, self.unreliable_suspects(honest))
             excluded = self.malicious | flips | noise | targeted
         keep = [u.client_id not in excluded for u in updates]
-        kept = [u for u, k in zip(updates, keep) if k]
-        combined = {k: torch.stack([u.update[k] for u in kept]).mean(0) for k in updates[0].update} if kept else None
-        return Verdict(keep=keep, labels=[self.label(c) for c in present], combined=combined)
+        return Verdict(keep=keep, labels=[self.label(c) for c in present])
+
+    def combiner(self) -> Combine | None:
+        """The paper's unweighted mean of the kept updates (``mean=uniform``), or the strategy's own (``mean=strategy``)."""
+        return uniform_mean if self.mean == "uniform" else None
 
     def label(self, client_id: int) -> str:
         """The client's confirmed type: an attack type, unreliable or benign."""

@@ -1,9 +1,9 @@
 """The standard robust aggregators, reusing Flower's implementations (``flwr.serverapp.strategy``).
 
 Flower's Krum/MultiKrum/Bulyan/FedMedian/FedTrimmedAvg are whole Flower strategies; here their
-selection and combination functions run as fedsim defenses, so they compose with any fedsim
-strategy: a selection becomes the Verdict's ``keep`` mask, a coordinate-wise combination its
-``combined`` update (which stands in for every kept update before the strategy aggregates).
+selection and combination functions run as the two fedsim defense parts, so they compose with
+any fedsim strategy: a selection is a screen (the Verdict's ``keep`` mask), a coordinate-wise
+rule a combine handed to the strategy in place of its own (never pasted into the updates).
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ import logging
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import RecordDict
 from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from fedsim.attack import BENIGN, MALICIOUS
 from fedsim.defense import Defense, Verdict
+from fedsim.params import check_range
 from fedsim.state import Tensors, to_record
-from fedsim.strategy import ClientUpdate
+from fedsim.strategy import ClientUpdate, Combine
 
 log = logging.getLogger("fedsim")
 
@@ -32,9 +33,9 @@ def krum_selection(updates: list[ClientUpdate], num_malicious: int, num_selected
     return [id(r) in chosen for r in records]
 
 
-def selection_verdict(keep: list[bool], combined: Tensors | None = None) -> Verdict:
+def selection_verdict(keep: list[bool]) -> Verdict:
     """Kept updates are labelled benign, dropped ones malicious."""
-    return Verdict(keep=keep, labels=[BENIGN if k else MALICIOUS for k in keep], combined=combined)
+    return Verdict(keep=keep, labels=[BENIGN if k else MALICIOUS for k in keep])
 
 
 def as_arrays(updates: list[ClientUpdate]) -> list[list[np.ndarray]]:
@@ -51,8 +52,7 @@ def as_tensors(template: ClientUpdate, arrays: list[np.ndarray]) -> Tensors:
 
 
 def check_num_malicious(num_malicious: int) -> None:
-    if num_malicious < 0:
-        raise ValueError(f"defense.num_malicious={num_malicious}: must be >= 0")
+    check_range("defense.num_malicious", num_malicious, low=0, integer=True)
 
 
 class MultiKrum(Defense):
@@ -62,8 +62,7 @@ class MultiKrum(Defense):
 
     def __init__(self, num_malicious: int = 2, num_selected: int = 5) -> None:
         check_num_malicious(num_malicious)
-        if num_selected < 1:
-            raise ValueError(f"defense.num_selected={num_selected}: must be >= 1")
+        check_range("defense.num_selected", num_selected, low=1, integer=True)
         self.num_malicious, self.num_selected = num_malicious, num_selected
 
     def screen(self, server_round: int, updates: list[ClientUpdate]) -> Verdict:
@@ -92,21 +91,28 @@ class Bulyan(Defense):
         if n < 4 * f + 3:
             log.warning("round %d: Bulyan needs %d updates (4f+3, f=%d), got %d: round skipped", server_round, 4 * f + 3, f, n)
             return Verdict(keep=[False] * n, labels=[BENIGN] * n)
-        keep = krum_selection(updates, f, n - 2 * f)
-        selected = as_arrays([u for u, k in zip(updates, keep) if k])
-        medians = [np.median(np.stack(layer), axis=0) for layer in zip(*selected)]
-        combined = aggregate_n_closest_weights(medians, selected, n - 4 * f)
-        return selection_verdict(keep, as_tensors(updates[0], combined))
+        return selection_verdict(krum_selection(updates, f, n - 2 * f))
+
+    def combiner(self) -> Combine:
+        """Per coordinate, the mean of the theta - 2f selected values closest to their median."""
+
+        def combine(selected: list[ClientUpdate]) -> Tensors:
+            arrays = as_arrays(selected)
+            medians = [np.median(np.stack(layer), axis=0) for layer in zip(*arrays)]
+            return as_tensors(selected[0], aggregate_n_closest_weights(medians, arrays, len(selected) - 2 * self.num_malicious))
+
+        return combine
 
 
 class Median(Defense):
     """Coordinate-wise median (Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
     Statistical Rates", ICML 2018), as Flower's FedMedian computes it."""
 
-    def screen(self, server_round: int, updates: list[ClientUpdate]) -> Verdict:
-        arrays = as_arrays(updates)
-        combined = [np.median(np.stack(layer), axis=0) for layer in zip(*arrays)]
-        return selection_verdict([True] * len(updates), as_tensors(updates[0], combined))
+    def combiner(self) -> Combine:
+        def combine(updates: list[ClientUpdate]) -> Tensors:
+            return as_tensors(updates[0], [np.median(np.stack(layer), axis=0) for layer in zip(*as_arrays(updates))])
+
+        return combine
 
 
 class TrimmedMean(Defense):
@@ -114,11 +120,11 @@ class TrimmedMean(Defense):
     and of smallest values per coordinate, average the rest (Flower's FedTrimmedAvg ``trim_mean``)."""
 
     def __init__(self, beta: float = 0.2) -> None:
-        if not 0.0 <= beta < 0.5:
-            raise ValueError(f"defense.beta={beta}: must be in [0, 0.5)")
+        check_range("defense.beta", beta, 0.0, 0.5, high_open=True)
         self.beta = beta
 
-    def screen(self, server_round: int, updates: list[ClientUpdate]) -> Verdict:
-        arrays = as_arrays(updates)
-        combined = [trim_mean(np.stack(layer), self.beta) for layer in zip(*arrays)]
-        return selection_verdict([True] * len(updates), as_tensors(updates[0], combined))
+    def combiner(self) -> Combine:
+        def combine(updates: list[ClientUpdate]) -> Tensors:
+            return as_tensors(updates[0], [trim_mean(np.stack(layer), self.beta) for layer in zip(*as_arrays(updates))])
+
+        return combine

@@ -11,7 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from fedsim.config import ConfigError, unknown_group_option, unknown_key, validate
+from fedsim.config import unknown_group_option, unknown_key, validate
+from fedsim.params import ParamError
 
 
 def fail(message: str) -> None:
@@ -26,17 +27,21 @@ def run(cfg: DictConfig) -> float | None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     try:
         validate(resolved)
-    except ConfigError as exc:
+    except ParamError as exc:
         fail(str(exc))
     from fedsim.checkpoint import CheckpointError  # heavy imports only once the config is known good
-    from fedsim.environment import environment_for
-    from fedsim.server import TooFewClients
-    from fedsim.simulation import simulate
+    from fedsim.engine.context import RunContext, build_components
+    from fedsim.engine.loop import TooFewClients
+    from fedsim.engine.simulation import simulate
 
-    try:
-        environment_for(resolved)  # dataset, partition and components: bad values fail here, before training
+    try:  # dataset, partition and components: bad values fail here, before training
+        RunContext.from_config(resolved)
+        build_components(resolved)
     except (ValueError, FileNotFoundError, TypeError, InstantiationException) as exc:
-        fail(str(exc).strip().splitlines()[-1])
+        cause = exc
+        while cause.__cause__ is not None and not isinstance(cause, ParamError):
+            cause = cause.__cause__
+        fail(str(cause).strip().splitlines()[-1])
     resume = resolved["resume"]
     out_dir = Path(resume) if isinstance(resume, str) else Path(HydraConfig.get().runtime.output_dir)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))

@@ -1,8 +1,12 @@
-"""The poisoning-attack hook: which clients attack, with what, and how it is measured.
+"""The attack part: which clients attack, with what, and how it is measured.
 
-The base class is the ``attack=none`` component: every client is benign. Concrete
-attacks live in ``fedsim.attacks``; most subclass :class:`SelectedClientsAttack`,
-which picks its clients (a fraction or an explicit count) from the seed.
+A client-side attack poisons a malicious client's data before training and its update
+first among the update transforms (docs/architecture.md). A server-side adversary
+(:meth:`Attack.forge`) sees the round's honest updates, as an omniscient attacker does, and
+writes the malicious clients' uploads. The base class is the ``attack=none`` component:
+every client is benign. Concrete attacks live in ``fedsim.attacks.poisoning``; most
+subclass :class:`SelectedClientsAttack`, which picks its clients from the seed. Roles are
+ground truth: the scoring harness reads them, the protocol never carries them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsim.params import check_range, check_that
 from fedsim.persistent import Persistent
 from fedsim.seeding import numpy_rng
 from fedsim.state import Tensors
@@ -50,6 +55,11 @@ class Attack(Persistent):
         """Update attack, applied to an attacking client's update before encoding."""
         return update
 
+    def forge(self, server_round: int, honest: list[Tensors], malicious: list[int]) -> list[Tensors] | None:
+        """Server-side adversary: the uploads of the ``malicious`` client ids (in that order), written
+        after seeing this round's ``honest`` updates; None leaves the clients' own uploads."""
+        return None
+
     def test_metrics(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Attack-specific metrics of the global model on the test split (e.g. attack success rate)."""
         return {}
@@ -65,12 +75,11 @@ class SelectedClientsAttack(Attack):
     role = MALICIOUS
 
     def __init__(self, fraction: float | None = None, count: int | None = None) -> None:
-        if fraction is not None and count is not None:
-            raise ValueError(f"attack.fraction={fraction} and attack.count={count}: set only one")
-        if fraction is not None and not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"attack.fraction={fraction}: must be in [0, 1]")
-        if count is not None and count < 0:
-            raise ValueError(f"attack.count={count}: must be >= 0")
+        check_that("attack.count", count, fraction is None or count is None, f"null when attack.fraction={fraction} is set")
+        if fraction is not None:
+            check_range("attack.fraction", fraction, 0.0, 1.0)
+        if count is not None:
+            check_range("attack.count", count, low=0, integer=True)
         self.fraction = fraction
         self.count = count
 
@@ -82,11 +91,9 @@ class SelectedClientsAttack(Attack):
     def num_selected(self, num_clients: int) -> int:
         """How many of ``num_clients`` clients this attack runs on."""
         if self.count is not None:
-            if self.count > num_clients:
-                raise ValueError(f"attack.count={self.count}: more than num_clients={num_clients}")
+            check_range("attack.count", self.count, 0, num_clients, integer=True)
             return self.count
-        if self.fraction is None:
-            raise ValueError("attack.fraction or attack.count must be set")
+        check_that("attack.fraction", None, self.fraction is not None, "set (or attack.count)")
         return int(np.floor(self.fraction * num_clients + 0.5))
 
     def for_client(self, client_id: int, num_clients: int, seed: int) -> Attack | None:

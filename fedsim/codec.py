@@ -1,11 +1,12 @@
-"""The compression hook: how a client's update travels on the wire.
+"""The codec part: the last client-side update transform and its server-side inverse.
 
-The base class is the ``compression=none`` component: dense float32 arrays.
-Concrete codecs (DGC, one-byte SPSA) override encode/decode and may keep
-per-client residuals in the client state. A codec whose message is not a
-compressed version of an ordinary update (zeroth-order methods that send
-projected gradients) takes over the client's local training through
-:meth:`Codec.local_update`.
+``encode`` turns the (poisoned, clipped) update into the arrays that go on the wire and
+``decode`` inverts it on the server (docs/architecture.md, "Update transforms"). A codec may
+keep per-client residuals in the client state (DGC). A codec whose message is not a
+compressed update but a trace of the training itself (zeroth-order SPSA: one byte per
+step) supplies the gradient estimator of the one training loop through
+:meth:`Codec.gradient_estimator`, records what it needs while the loop runs, and encodes
+that record; it never trains the model itself. The base class is ``compression=none``.
 """
 
 from __future__ import annotations
@@ -14,28 +15,26 @@ from flwr.app import ArrayRecord
 
 from fedsim.persistent import Persistent
 from fedsim.state import ClientState, Tensors, from_record, record_nbytes, to_record
-from fedsim.strategy import LocalResult, LocalTask
+from fedsim.training import GradientFn, OptimizerConfig
 
 
 class Codec(Persistent):
     """Identity codec: the update is sent as dense float32 arrays."""
 
-    def local_update(self, task: LocalTask) -> LocalResult | None:
-        """Client side, before the strategy: the local update if this codec trains the model itself.
-
-        The default (None) leaves local training to the strategy.
-        """
+    def gradient_estimator(self, server_round: int, client_id: int) -> GradientFn | None:
+        """Client side, before training: this codec's gradient estimator, or None (autograd)."""
         return None
 
     def encode(self, update: Tensors, client_state: ClientState, server_round: int) -> ArrayRecord:
         """Client side: the update as the arrays that go on the wire."""
         return to_record({k: v.float() for k, v in update.items()})
 
-    def decode(self, record: ArrayRecord, global_state: Tensors) -> Tensors:
+    def decode(self, record: ArrayRecord, global_state: Tensors, lr: float, optimizer: OptimizerConfig) -> Tensors:
         """Server side: the update back from the wire arrays.
 
-        ``global_state`` is the model the client started the round from (codecs that
-        replay the client's steps need it); the dense codec ignores it.
+        ``global_state`` is the model the client started the round from; ``lr`` and ``optimizer``
+        are the public training settings it used (codecs that replay the client's steps need
+        them); the dense codec ignores them.
         """
         return from_record(record)
 

@@ -2,90 +2,50 @@
 
 from __future__ import annotations
 
-import math
 import re
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from fedsim.dp import DPConfig
-from fedsim.environment import Config
-
-
-class ConfigError(ValueError):
-    """A config field holds a value fedsim cannot run with."""
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _integer(cfg: Config, key: str, low: int, high: int | None = None, where: str = "") -> None:
-    value = cfg[key]
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"{where}{key}={value!r}: must be an integer {bound}")
-
-
-def _positive(cfg: Config, key: str, where: str = "", allow_zero: bool = False) -> None:
-    value = cfg[key]
-    if not _number(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{where}{key}={value!r}: must be a finite number {'>=' if allow_zero else '>'} 0")
+from fedsim.engine.context import Config
+from fedsim.params import check_range, check_that
 
 
 def validate(cfg: Config) -> None:
-    """Raise :class:`ConfigError` naming the first bad field and its valid range."""
-    _integer(cfg, "rounds", 1)
-    _integer(cfg, "num_clients", 1)
-    num_clients = cfg["num_clients"]
-    value = cfg["clients_per_round"]
-    if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= num_clients):
-        raise ConfigError(f"clients_per_round={value!r}: must be an integer in [1, num_clients={num_clients}]")
-    _integer(cfg, "local_epochs", 1)
-    _integer(cfg, "batch_size", 1)
-    _integer(cfg, "seed", 0)
-    _positive(cfg, "lr")
-    if cfg.get("max_update_norm") is not None:
-        _positive(cfg, "max_update_norm")
-    if cfg.get("client_timeout_s") is not None:
-        _positive(cfg, "client_timeout_s")
-    _integer(cfg, "min_clients", 1, cfg["clients_per_round"], where="")
-    _integer(cfg, "checkpoint_every", 0)
+    """Raise :class:`ParamError` naming the first bad root field and its valid range.
+
+    Components check their own arguments when they are built (:mod:`fedsim.params`), which
+    the CLI does next, still before any work.
+    """
+    check_range("rounds", cfg["rounds"], low=1, integer=True)
+    check_range("num_clients", cfg["num_clients"], low=1, integer=True)
+    check_range("clients_per_round", cfg["clients_per_round"], 1, cfg["num_clients"], integer=True)
+    check_range("local_epochs", cfg["local_epochs"], low=1, integer=True)
+    check_range("batch_size", cfg["batch_size"], low=1, integer=True)
+    check_range("seed", cfg["seed"], low=0, integer=True)
+    check_range("lr", cfg["lr"], low=0, low_open=True)
+    for key in ("max_update_norm", "client_timeout_s"):
+        if cfg.get(key) is not None:
+            check_range(key, cfg[key], low=0, low_open=True)
+    check_range("min_clients", cfg["min_clients"], 1, cfg["clients_per_round"], integer=True)
+    check_range("checkpoint_every", cfg["checkpoint_every"], low=0, integer=True)
     resume = cfg["resume"]
-    if not (isinstance(resume, bool) or (isinstance(resume, str) and Path(resume).is_dir())):
-        raise ConfigError(f"resume={resume!r}: must be true, false or an existing run folder")
-    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", str(cfg["device"])):
-        raise ConfigError(f"device={cfg['device']!r}: valid: cpu, cuda, cuda:N, auto")
-    partition = cfg["partition"]
-    if "alpha" in partition:
-        _positive(partition, "alpha", "partition.")
-    if "classes_per_client" in partition:
-        _integer(partition, "classes_per_client", 1, where="partition.")
+    check_that("resume", resume, isinstance(resume, bool) or (isinstance(resume, str) and Path(resume).is_dir()),
+               "true, false or an existing run folder")
+    check_that("device", cfg["device"], bool(re.fullmatch(r"cpu|auto|cuda(:\d+)?", str(cfg["device"]))), "one of cpu, cuda, cuda:N, auto")
     for tracker, value in (cfg.get("tracking") or {}).items():
-        if tracker in ("tensorboard", "mlflow") and not isinstance(value, bool):
-            raise ConfigError(f"tracking.{tracker}={value!r}: must be true or false")
-    if cfg.get("dp") is not None:
-        _dp(cfg)
+        if tracker in ("tensorboard", "mlflow"):
+            check_that(f"tracking.{tracker}", value, isinstance(value, bool), "true or false")
+    dp = cfg.get("dp") or {}
+    if (dp.get("noise_multiplier") or 0) > 0 or dp.get("epsilon") is not None:
+        check_that("dp.noise_multiplier", dp.get("noise_multiplier"), "dp" in cfg["strategy"],
+                   f"0 with dp.epsilon=null: strategy {cfg['strategy'].get('_target_')} does not run DP-SGD; "
+                   "use one that takes the dp settings (strategy=lora, strategy=ffa_lora)")
     backend = cfg["backend"]
-    _integer(backend, "client_threads", 1, where="backend.")
+    check_range("backend.client_threads", backend["client_threads"], low=1, integer=True)
     if backend["name"] == "ray":
-        _positive(backend, "client_cpus", "backend.")
-        _positive(backend, "client_gpus", "backend.", allow_zero=True)
-
-
-def _dp(cfg: Config) -> None:
-    """The ``dp`` node's ranges, and DP asked of a strategy that does not run DP-SGD."""
-    try:
-        dp = DPConfig(**cfg["dp"])
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    if dp.enabled and "dp" not in cfg["strategy"]:
-        raise ConfigError(
-            f"dp.noise_multiplier={dp.noise_multiplier}, dp.epsilon={dp.epsilon}: strategy "
-            f"{cfg['strategy'].get('_target_')} does not run DP-SGD; use one that takes the dp settings "
-            "(strategy=lora, strategy=ffa_lora)"
-        )
+        check_range("backend.client_cpus", backend["client_cpus"], low=0, low_open=True)
+        check_range("backend.client_gpus", backend["client_gpus"], low=0)
 
 
 def group_options() -> dict[str, list[str]]:

@@ -1,7 +1,11 @@
-"""The defense hook: which client updates the server keeps.
+"""The defense part: screening (which updates to keep) and, optionally, a robust combine.
 
-The base class is the ``defense=none`` component: every valid update is kept.
-Concrete defenses (MUD-HoG, robust aggregators) live in ``fedsim.defenses``.
+The two are separate (docs/architecture.md): :meth:`Defense.screen` returns a keep mask and
+the role it believes each client has (MUD-HoG, Krum's selection); :meth:`Defense.combiner`
+returns a robust aggregation rule (median, trimmed mean, Bulyan's) that the engine hands to
+the strategy as its ``combine`` in place of the strategy's own. A robust aggregate is never
+pasted into the individual updates. The base class is ``defense=none``: keep everything,
+combine with the strategy's own rule. Concrete defenses live in ``fedsim.defenses``.
 """
 
 from __future__ import annotations
@@ -10,21 +14,17 @@ from dataclasses import dataclass
 
 from fedsim.attack import BENIGN
 from fedsim.persistent import Persistent
-from fedsim.state import Tensors
-from fedsim.strategy import ClientUpdate
+from fedsim.strategy import ClientUpdate, Combine
 
 
 @dataclass
 class Verdict:
-    """A defense's decision on one round's updates, aligned with the update list."""
+    """A defense's screening of one round's updates, aligned with the update list."""
 
     keep: list[bool]
     # The role the defense believes each client has: benign, unreliable, malicious, or a
     # finer malicious label naming the suspected attack type (scored as malicious).
     labels: list[str]
-    # A robust combination of the kept updates (median, trimmed mean, ...): when set, it
-    # replaces each kept update before strategy.aggregate, so it composes with any strategy.
-    combined: Tensors | None = None
 
 
 class Defense(Persistent):
@@ -33,3 +33,7 @@ class Defense(Persistent):
     def screen(self, server_round: int, updates: list[ClientUpdate]) -> Verdict:
         """Decide which updates to aggregate."""
         return Verdict(keep=[True] * len(updates), labels=[BENIGN] * len(updates))
+
+    def combiner(self) -> Combine | None:
+        """A robust rule replacing the strategy's combine, or None to keep the strategy's own."""
+        return None

@@ -60,3 +60,6 @@ class ClientState:
     def put(self, key: str, tensors: Tensors) -> None:
         """Store ``tensors`` under ``key`` (replacing what was there)."""
         self._records[STATE_PREFIX + key] = to_record(tensors)
+
+
+ArrayRecordMap = dict[int, dict[str, ArrayRecord]]  # client id -> its hosted state entries

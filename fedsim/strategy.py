@@ -1,9 +1,10 @@
-"""The strategy base class every fedsim aggregation strategy subclasses.
+"""The strategy base class every fedsim aggregation strategy subclasses (docs/architecture.md).
 
-A strategy owns both halves of an algorithm: the client's local update and the
-server's aggregation. The engine moves the data between them (Flower messages),
-runs the attack/codec/validation/defense pipeline, and never names a concrete
-strategy: they are chosen with ``strategy._target_``.
+A strategy owns both halves of an algorithm: the client's local update (trained through the
+one loop of :mod:`fedsim.training`, to which it contributes loss terms, gradient estimators
+and gradient hooks) and the server's aggregation (which combines the updates with the
+``combine`` part it is handed: a weighted mean unless a robust aggregator is configured).
+The engine never names a concrete strategy: they are chosen with ``strategy._target_``.
 """
 
 from __future__ import annotations
@@ -11,21 +12,28 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from fedsim.evaluation import evaluate as evaluate_model
 from fedsim.persistent import Persistent
 from fedsim.state import ClientState, Tensors
+from fedsim.training import (
+    Batch,
+    GradHook,
+    GradientFn,
+    LocalTraining,
+    LossFn,
+    LossTerm,
+    OptimizerConfig,
+    TrainOutcome,
+    autograd_gradient,
+    model_loss,
+    shuffled_batches,
+)
 
-
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The default training loss."""
-    return nn.functional.cross_entropy(model(x), y)
+Combine = Callable[[list["ClientUpdate"]], Tensors]
 
 
 def model_holding(state: Tensors, new_model: Callable[[], nn.Module]) -> nn.Module:
@@ -41,8 +49,8 @@ class LocalTask:
 
     round: int
     client_id: int
-    model: nn.Module  # on ``device``, the global state already loaded
-    global_state: Tensors
+    model: nn.Module  # on the run's device, the payload already loaded
+    global_state: Tensors  # the payload the server sent this client
     x: torch.Tensor
     y: torch.Tensor
     lr: float
@@ -50,16 +58,45 @@ class LocalTask:
     batch_size: int
     generator: torch.Generator  # seeded from (seed, round, client id)
     client_state: ClientState
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     config: dict[str, float | int | str] = field(default_factory=dict)
+    extra: Tensors = field(default_factory=dict)  # per-client tensors the server sent (e.g. FedSpeed's h_i)
+    gradient: GradientFn | None = None  # a codec's own gradient estimator (zeroth-order SPSA), else autograd
 
-    def batches(self, epochs: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, epochs: int | None = None) -> Iterator[Batch]:
         """Shuffled mini-batches over ``epochs`` epochs (default ``local_epochs``), drawn from ``generator``."""
-        n = len(self.y)
-        for _ in range(self.local_epochs if epochs is None else epochs):
-            order = torch.randperm(n, generator=self.generator).to(self.x.device)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                yield self.x[idx], self.y[idx]
+        return iter(shuffled_batches(self.x, self.y, self.batch_size, self.local_epochs if epochs is None else epochs, self.generator))
+
+    def trainable(self) -> Tensors:
+        """The model's parameters that the payload carries and that require gradients."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if n in self.global_state and p.requires_grad}
+
+    def training(
+        self,
+        loss_fn: LossFn | None = None,
+        *,
+        optimizer: OptimizerConfig | None = None,
+        lr: float | None = None,
+        gradient: GradientFn | None = None,
+        loss_terms: tuple[LossTerm, ...] = (),
+        grad_hooks: tuple[GradHook, ...] = (),
+        state: Tensors | None = None,
+    ) -> LocalTraining:
+        """The loop configured for this task: the model's cross-entropy, the run's optimizer and lr,
+        the codec's gradient estimator if it has one, plus the strategy's contributions."""
+        return LocalTraining(
+            loss_fn=loss_fn or model_loss(self.model),
+            optimizer=optimizer or self.optimizer,
+            lr=self.lr if lr is None else lr,
+            gradient=gradient or self.gradient or autograd_gradient,
+            loss_terms=loss_terms,
+            grad_hooks=grad_hooks,
+            state=dict(state or {}),
+        )
+
+    def delta(self, params: Tensors) -> Tensors:
+        """``params`` minus the payload, for every payload tensor (zero where ``params`` lacks it)."""
+        return {k: (params[k] - v) if k in params else torch.zeros_like(v) for k, v in self.global_state.items()}
 
 
 @dataclass
@@ -81,13 +118,34 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class ScoredModel:
+    """A model the scoring harness evaluates: the global one, or one client's own (personalised)."""
+
+    model: nn.Module
+    label_counts: torch.Tensor | None = None  # re-weight the test set to this label distribution
+
+
+def weighted_mean(updates: list[ClientUpdate]) -> Tensors:
+    """Mean of the updates weighted by their number of examples (FedAvg's combine)."""
+    total = float(sum(u.num_examples for u in updates))
+    return {k: sum(u.update[k] * (u.num_examples / total) for u in updates) for k in updates[0].update}
+
+
+def uniform_mean(updates: list[ClientUpdate]) -> Tensors:
+    """Unweighted mean of the updates."""
+    return {k: sum(u.update[k] for u in updates) / len(updates) for k in updates[0].update}
+
+
 class Strategy(Persistent, ABC):
     """Base of every fedsim strategy.
 
-    Subclasses implement :meth:`local_update` (client side) and :meth:`aggregate`
-    (server side); the defaults of the other hooks share the whole model and
-    exchange updates shaped like the global state.
+    Subclasses implement :meth:`local_update` (client side) and :meth:`aggregate` (server side).
+    ``robust_combine_ok``: whether the strategy stays correct when a robust aggregator replaces
+    its combine (a strategy that is itself a robust rule, such as MoNNA, refuses one at config time).
     """
+
+    robust_combine_ok: ClassVar[bool] = True
 
     def init_global(self, model: nn.Module) -> Tensors:
         """The initial global state: the floating-point tensors of ``model``."""
@@ -98,34 +156,33 @@ class Strategy(Persistent, ABC):
         return {}
 
     def payload_for(self, client_id: int, global_state: Tensors) -> Tensors:
-        """The arrays sent to ``client_id`` this round: the global state, unless each client keeps its own model."""
+        """The model arrays sent to ``client_id`` this round: the global state, unless each client keeps its own."""
         return global_state
 
-    def evaluate(
-        self,
-        global_state: Tensors,
-        new_model: Callable[[], nn.Module],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        honest_clients: list[int],
-        client_states: Mapping[int, ClientState] | None = None,
-    ) -> dict[str, float]:
-        """Central evaluation after aggregation: the global model's ``test_acc`` and ``test_loss``.
+    def extra_for(self, client_id: int) -> Tensors:
+        """Per-client tensors sent with the payload (counted in ``bytes_down``); none by default."""
+        return {}
 
-        ``honest_clients`` (the truly benign client ids, for scoring only) serves strategies
-        whose clients keep their own models and report their honest clients' mean;
-        ``client_states`` (every client's persistent state, as the simulator holds it)
-        serves strategies whose clients keep private layers (personalised evaluation).
+    def combine(self, updates: list[ClientUpdate]) -> Tensors:
+        """The strategy's own combine, used unless a robust aggregator is configured: the weighted mean."""
+        return weighted_mean(updates)
+
+    def scored_models(
+        self, global_state: Tensors, new_model: Callable[[], nn.Module], client_states: Mapping[int, ClientState]
+    ) -> dict[int | None, ScoredModel]:
+        """The models the harness evaluates after a round: ``{None: the global model}`` by default.
+
+        Strategies whose clients keep their own models (personalised or decentralised) return one
+        per client id; the harness then reports the mean over the truly honest clients.
+        ``client_states`` is every client's state as the simulator hosts it (scoring only).
         """
-        return evaluate_model(model_holding(global_state, new_model), x, y)
+        return {None: ScoredModel(model_holding(global_state, new_model))}
 
     def attack_model(self, global_state: Tensors, new_model: Callable[[], nn.Module]) -> nn.Module:
         """The public model an honest-but-curious server differentiates to invert a client's upload.
 
         Its named parameters carry the names of the uploaded tensors, and its forward maps
-        images to logits. Default: the configured model holding the global state. Strategies
-        whose uploads are not model parameters (e.g. a hypernetwork generating them) return
-        what the server can build from public knowledge alone.
+        inputs to logits. Default: the configured model holding the global state.
         """
         return model_holding(global_state, new_model)
 
@@ -138,41 +195,14 @@ class Strategy(Persistent, ABC):
         """Train on the client's data; return the update to upload."""
 
     @abstractmethod
-    def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate]) -> Tensors:
-        """Combine the accepted client updates into the next global state."""
+    def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], combine: Combine) -> Tensors:
+        """The next global state from the accepted, screened updates; ``combine(updates)`` is the
+        configured aggregation rule (weighted mean, or a robust aggregator)."""
 
-    # Shared building blocks for subclasses.
-
-    @staticmethod
-    def sgd_epochs(task: LocalTask, loss_fn: LossFn | None = None) -> float:
-        """Plain mini-batch SGD over ``task``; returns the mean training loss.
-
-        ``loss_fn(model, x, y)`` defaults to cross-entropy; subclasses add their
-        regularisers through it.
-        """
-        loss_fn = loss_fn or cross_entropy
-        params = [p for p in task.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=task.lr)
-        task.model.train()
-        total, steps = 0.0, 0
-        for x, y in task.batches():
-            optimizer.zero_grad()
-            loss = loss_fn(task.model, x, y)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            steps += 1
-        return total / max(steps, 1)
+    # Shared building block for subclasses.
 
     @staticmethod
-    def model_delta(model: nn.Module, global_state: Tensors) -> Tensors:
-        """Local model minus global state, for the shared tensors."""
-        local = model.state_dict()
-        return {k: (local[k].detach() - v).clone() for k, v in global_state.items()}
-
-    @staticmethod
-    def weighted_mean(updates: list[ClientUpdate]) -> Tensors:
-        """Mean of the updates weighted by their number of examples."""
-        total = float(sum(u.num_examples for u in updates))
-        keys = updates[0].update.keys()
-        return {k: sum(u.update[k] * (u.num_examples / total) for u in updates) for k in keys}
+    def fit(task: LocalTask, **contributions: object) -> TrainOutcome:
+        """Run the one training loop over the task's trainable parameters and mini-batches;
+        ``contributions`` are :meth:`LocalTask.training`'s keyword arguments."""
+        return task.training(**contributions).run(task.trainable(), task.batches())  # type: ignore[arg-type]

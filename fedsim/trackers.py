@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from fedsim.environment import Config
+from fedsim.engine.context import Config
 
 
 def scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -1,24 +1,26 @@
-"""FedAvg: local SGD, then the server averages the updates weighted by sample count."""
+"""FedAvg: local training, then the server adds the combined update (weighted mean by default)."""
 
 from __future__ import annotations
 
 from fedsim.state import Tensors
-from fedsim.strategy import ClientUpdate, LocalResult, LocalTask, LossFn, Strategy, cross_entropy
+from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, Strategy
+from fedsim.training import LossTerm
 
 
 class FedAvg(Strategy):
     """Federated Averaging (McMahan et al., "Communication-Efficient Learning of Deep Networks
-    from Decentralized Data", AISTATS 2017): E local epochs of SGD, upload the model delta;
-    the server adds the sample-weighted mean delta to the global model."""
+    from Decentralized Data", AISTATS 2017): E local epochs with the run's optimizer, upload the
+    model delta; the server adds the combined delta (the sample-weighted mean unless a robust
+    aggregator is configured) to the global model."""
 
     def local_update(self, task: LocalTask) -> LocalResult:
-        train_loss = self.sgd_epochs(task, self.local_loss(task))
-        return LocalResult(self.model_delta(task.model, task.global_state), len(task.y), {"train_loss": train_loss})
+        trained = self.fit(task, loss_terms=self.loss_terms(task))
+        return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss})
 
-    def local_loss(self, task: LocalTask) -> LossFn:
-        """The loss minimised locally; subclasses add regularisers."""
-        return cross_entropy
+    def loss_terms(self, task: LocalTask) -> tuple[LossTerm, ...]:
+        """Terms added to the local loss; subclasses add regularisers."""
+        return ()
 
-    def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate]) -> Tensors:
-        mean = self.weighted_mean(updates)
+    def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], combine: Combine) -> Tensors:
+        mean = combine(updates)
         return {k: v + mean[k] for k, v in global_state.items()}

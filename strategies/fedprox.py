@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from fedsim.strategy import LocalTask, LossFn, cross_entropy
+from fedsim.params import check_range
 from fedsim.strategies.fedavg import FedAvg
+from fedsim.strategy import LocalTask
+from fedsim.training import LossTerm, Params
 
 
 class FedProx(FedAvg):
@@ -19,15 +20,13 @@ class FedProx(FedAvg):
     """
 
     def __init__(self, mu: float = 0.01) -> None:
-        if mu < 0:
-            raise ValueError(f"strategy.mu={mu} must be >= 0")
+        check_range("strategy.mu", mu, low=0)
         self.mu = mu
 
-    def local_loss(self, task: LocalTask) -> LossFn:
-        anchors = [(p, task.global_state[name]) for name, p in task.model.named_parameters()]
+    def loss_terms(self, task: LocalTask) -> tuple[LossTerm, ...]:
+        anchor = {n: task.global_state[n] for n in task.trainable()}
 
-        def proximal(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            drift = sum((p - g).pow(2).sum() for p, g in anchors)
-            return cross_entropy(model, x, y) + 0.5 * self.mu * drift
+        def proximal(params: Params) -> torch.Tensor:
+            return 0.5 * self.mu * sum((p - anchor[n]).pow(2).sum() for n, p in params.items())
 
-        return proximal
+        return (proximal,)

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.evaluation import evaluate_for_labels
+from fedsim.params import check_range
 from fedsim.seeding import derive_seed, torch_generator
 from fedsim.state import ClientState, Tensors
 from fedsim.strategies.fedavg import FedAvg
-from fedsim.strategy import LocalResult, LocalTask
+from fedsim.strategy import LocalResult, LocalTask, ScoredModel
+from fedsim.training import Params, clip_by_norm
 
 log = logging.getLogger("fedsim")
 
@@ -99,19 +100,14 @@ class HyperFL(FedAvg):
         weight_decay: float = 5e-4,
         max_grad_norm: float = 50.0,
     ) -> None:
-        checks = {
-            "embedding_dim": (embedding_dim, isinstance(embedding_dim, int) and embedding_dim >= 1, "an integer >= 1"),
-            "hidden_dim": (hidden_dim, isinstance(hidden_dim, int) and hidden_dim >= 1, "an integer >= 1"),
-            "head_lr": (head_lr, head_lr > 0, "> 0"),
-            "head_epochs": (head_epochs, isinstance(head_epochs, int) and head_epochs >= 0, "an integer >= 0"),
-            "head_momentum": (head_momentum, 0 <= head_momentum < 1, "in [0, 1)"),
-            "momentum": (momentum, 0 <= momentum < 1, "in [0, 1)"),
-            "weight_decay": (weight_decay, weight_decay >= 0, ">= 0"),
-            "max_grad_norm": (max_grad_norm, max_grad_norm > 0, "> 0"),
-        }
-        for name, (value, ok, rule) in checks.items():
-            if not ok:
-                raise ValueError(f"strategy.{name}={value}: must be {rule}")
+        check_range("strategy.embedding_dim", embedding_dim, low=1, integer=True)
+        check_range("strategy.hidden_dim", hidden_dim, low=1, integer=True)
+        check_range("strategy.head_lr", head_lr, low=0, low_open=True)
+        check_range("strategy.head_epochs", head_epochs, low=0, integer=True)
+        check_range("strategy.head_momentum", head_momentum, 0, 1, high_open=True)
+        check_range("strategy.momentum", momentum, 0, 1, high_open=True)
+        check_range("strategy.weight_decay", weight_decay, low=0)
+        check_range("strategy.max_grad_norm", max_grad_norm, low=0, low_open=True)
         self.seed, self.embedding_dim, self.hidden_dim, self.head = int(seed), embedding_dim, hidden_dim, head
         self.head_lr, self.head_epochs, self.head_momentum = head_lr, head_epochs, head_momentum
         self.momentum, self.weight_decay, self.max_grad_norm = momentum, weight_decay, max_grad_norm
@@ -156,11 +152,6 @@ class HyperFL(FedAvg):
     @staticmethod
     def load_shared(hyper: HyperModel, global_state: Tensors) -> None:
         hyper.hypernet.load_state_dict({k[len(HYPER_PREFIX) :]: v for k, v in global_state.items()})
-
-    def private(self, hyper: HyperModel) -> Tensors:
-        """The client's private tensors: embedding and head."""
-        params = dict(hyper.target.named_parameters())
-        return {EMBEDDING: hyper.embedding.detach().clone(), **{n: params[n].detach().clone() for n in self.head_names(hyper.target)}}
 
     def load_private(self, hyper: HyperModel, private: Tensors) -> None:
         params = dict(hyper.target.named_parameters())
@@ -209,77 +200,60 @@ class HyperFL(FedAvg):
         private = task.client_state.get(PRIVATE_KEY)
         if private is None:
             private = self.initial_private(hyper, torch_generator(self.seed, "hyperfl", task.client_id))
-        self.load_private(hyper, private)
-        hyper.train()
-        params = dict(hyper.target.named_parameters())
-        head = [params[n] for n in self.head_names(hyper.target)]
+        head_names = self.head_names(hyper.target)
+        target = hyper.target
 
         # (1) the head alone, on the feature extractor the current hypernetwork generates
         with torch.no_grad():
+            self.load_private(hyper, private)
             weights = hyper.generate()
-        optimizer = torch.optim.SGD(head, lr=self.head_lr, momentum=self.head_momentum, weight_decay=self.weight_decay)
-        head_loss = self.run_epochs(task, self.head_epochs, optimizer, lambda x: hyper(x, weights), [])
 
-        # (2) the hypernetwork and the embedding, head frozen
-        for p in head:
-            p.requires_grad_(False)
-        groups = [list(hyper.hypernet.parameters()), [hyper.embedding]]
-        optimizer = torch.optim.SGD(
-            [{"params": g} for g in groups], lr=task.lr, momentum=self.momentum, weight_decay=self.weight_decay
-        )
-        loss = self.run_epochs(task, task.local_epochs, optimizer, hyper, groups)
+        def head_loss(head: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return nn.functional.cross_entropy(functional_call(target, {**weights, **head}, (x,)), y)
 
-        task.client_state.put(PRIVATE_KEY, self.private(hyper))
-        task.client_state.put(LABELS_KEY, {"counts": torch.bincount(task.y, minlength=head[0].shape[0]).float()})
-        delta = {k: v - task.global_state[k] for k, v in self.shared(hyper).items()}
-        return LocalResult(delta, len(task.y), {"train_loss": loss, "head_loss": head_loss})
+        head_stage = task.training(
+            head_loss, lr=self.head_lr, optimizer=task.optimizer.replace(momentum=self.head_momentum, weight_decay=self.weight_decay)
+        ).run({n: private[n] for n in head_names}, task.batches(self.head_epochs))
+        head = head_stage.params
 
-    def run_epochs(
-        self,
-        task: LocalTask,
-        epochs: int,
-        optimizer: torch.optim.Optimizer,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-        clip_groups: list[list[torch.Tensor]],
-    ) -> float:
-        """SGD over ``epochs`` shuffled epochs of the task's data; each of ``clip_groups`` has its gradient
-        norm clipped to ``max_grad_norm``. Returns the mean loss (NaN for zero epochs)."""
-        total, steps = 0.0, 0
-        for x, y in task.batches(epochs):
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(forward(x), y)
-            loss.backward()
-            for group in clip_groups:
-                nn.utils.clip_grad_norm_(group, self.max_grad_norm)
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-        return total / steps if steps else float("nan")
+        # (2) the hypernetwork and the embedding, head frozen; each group's gradient clipped
+        def body_loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            hypernet = {k[len(HYPER_PREFIX) :]: v for k, v in params.items() if k != EMBEDDING}
+            generated = functional_call(hyper.hypernet, hypernet, (params[EMBEDDING],))
+            return nn.functional.cross_entropy(functional_call(target, {**generated, **head}, (x,)), y)
+
+        def clip_groups(_: Params, grads: Params) -> Params:
+            hypernet = clip_by_norm({k: g for k, g in grads.items() if k != EMBEDDING}, self.max_grad_norm)
+            return {**hypernet, **clip_by_norm({EMBEDDING: grads[EMBEDDING]}, self.max_grad_norm)}
+
+        start = {**{k: v for k, v in task.global_state.items()}, EMBEDDING: private[EMBEDDING]}
+        body_stage = task.training(
+            body_loss,
+            optimizer=task.optimizer.replace(momentum=self.momentum, weight_decay=self.weight_decay),
+            grad_hooks=(clip_groups,),
+        ).run(start, task.batches())
+
+        task.client_state.put(PRIVATE_KEY, {EMBEDDING: body_stage.params[EMBEDDING], **head})
+        task.client_state.put(LABELS_KEY, {"counts": torch.bincount(task.y, minlength=head[head_names[0]].shape[0]).float()})
+        metrics = {"train_loss": body_stage.mean_loss, "head_loss": head_stage.mean_loss}
+        return LocalResult(task.delta(body_stage.params), len(task.y), metrics)
 
     # Server side: aggregation is FedAvg's, on the hypernetwork (inherited).
 
-    def evaluate(
-        self,
-        global_state: Tensors,
-        new_model: Callable[[], nn.Module],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        honest_clients: list[int],
-        client_states: Mapping[int, ClientState] | None = None,
-    ) -> dict[str, float]:
-        """Mean over the honest clients that hold private parts of their personal model's accuracy and
-        loss on the test set re-weighted to their label distribution; ``eval_clients``: how many."""
-        hyper = self.build(new_model())
-        self.load_shared(hyper, global_state)
-        scores = []
-        for cid in honest_clients:
-            state = (client_states or {}).get(cid)
-            private = None if state is None else state.get(PRIVATE_KEY)
+    def scored_models(
+        self, global_state: Tensors, new_model: Callable[[], nn.Module], client_states: Mapping[int, ClientState]
+    ) -> dict[int | None, ScoredModel]:
+        """Each client's personal model (global hypernetwork + its private embedding and head), scored on the
+        test set re-weighted to its label distribution; clients that never trained have none yet."""
+        models: dict[int | None, ScoredModel] = {}
+        for cid, state in client_states.items():
+            private = state.get(PRIVATE_KEY)
             if private is None:
-                continue  # never trained: it has no personal model yet
+                continue
+            hyper = self.build(new_model())
+            self.load_shared(hyper, global_state)
             self.load_private(hyper, private)
-            scores.append(evaluate_for_labels(hyper, x, y, state.get(LABELS_KEY)["counts"]))
-        if not scores:
-            log.warning("hyperfl: no honest client has trained yet; no personalised score")
-            return {"test_acc": float("nan"), "test_loss": float("nan"), "eval_clients": 0}
-        return {**{k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}, "eval_clients": len(scores)}
+            models[cid] = ScoredModel(hyper, state.get(LABELS_KEY)["counts"])
+        if not models:
+            log.warning("hyperfl: no client has trained yet; no personalised score")
+        return models

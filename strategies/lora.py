@@ -8,11 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.dp import DPConfig, epsilon_spent, per_sample_grads, poisson_batches, private_gradient
-from fedsim.lora import lora_a_names
+from fedsim.params import check_range
+from fedsim.strategies.dp import DPConfig, dp_gradient, epsilon_spent, poisson_batches
+from fedsim.models.lora import lora_a_names
 from fedsim.state import Tensors
 from fedsim.strategies.fedavg import FedAvg
 from fedsim.strategy import LocalResult, LocalTask
+from fedsim.training import TrainOutcome
 
 DP_STEPS_KEY = "lora.dp_steps"  # client state: DP-SGD steps taken so far, for the accountant
 
@@ -25,15 +27,14 @@ class LoRA(FedAvg):
     Averaging A and B separately is not averaging the updates B·A: mean(B_i)·mean(A_i) differs
     from mean(B_i·A_i), the discordance FFA-LoRA removes (Sun et al., ICLR 2024).
 
-    With ``dp`` on, each local step is DP-SGD (:mod:`fedsim.dp`) on the trainable tensors only,
+    With ``dp`` on, each local step is DP-SGD (:mod:`fedsim.strategies.dp`) on the trainable tensors only,
     and every client reports ``dp_epsilon`` (all its steps so far, at ``dp.delta``) and ``dp_sigma``.
     """
 
     freeze_a = False
 
     def __init__(self, dp: dict[str, Any] | None = None, rounds: int = 1) -> None:
-        if rounds < 1:
-            raise ValueError(f"strategy.rounds={rounds}: must be an integer >= 1")
+        check_range("strategy.rounds", rounds, low=1, integer=True)
         self.dp = DPConfig(**(dp or {}))
         self.rounds = rounds  # the horizon a dp.epsilon target is spread over
 
@@ -56,36 +57,26 @@ class LoRA(FedAvg):
     def local_update(self, task: LocalTask) -> LocalResult:
         for name, p in task.model.named_parameters():
             p.requires_grad_(name in task.global_state)
-        if self.dp.enabled:
-            train_loss, metrics = self.dp_sgd(task)
+        if not self.dp.enabled:
+            trained, metrics = self.fit(task), {}
         else:
-            train_loss, metrics = self.sgd_epochs(task), {}
-        delta = self.model_delta(task.model, task.global_state)
-        return LocalResult(delta, len(task.y), {"train_loss": train_loss, **metrics})
+            trained, metrics = self.dp_sgd(task)
+        return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss, **metrics})
 
-    def dp_sgd(self, task: LocalTask) -> tuple[float, dict[str, float]]:
+    def dp_sgd(self, task: LocalTask) -> tuple[TrainOutcome, dict[str, float]]:
         """DP-SGD for ``local_epochs`` epochs of Poisson batches (expected size ``batch_size``)."""
         n = len(task.y)
         sample_rate = min(1.0, task.batch_size / n)
         steps = task.local_epochs * math.ceil(n / task.batch_size)
         sigma = self.dp.sigma(sample_rate, steps * self.rounds)
-        params = {name: p for name, p in task.model.named_parameters() if name in task.global_state}
-        task.model.train()
-        total, count = 0.0, 0
-        for idx in poisson_batches(n, sample_rate, steps, task.generator):
-            grads, losses = per_sample_grads(task.model, params, task.x[idx], task.y[idx])
-            noisy = private_gradient(grads, self.dp.clip, sigma, sample_rate * n, task.generator)
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.sub_(task.lr * noisy[name])
-            total += float(losses.sum())
-            count += len(losses)
+        batches = [(task.x[idx], task.y[idx]) for idx in poisson_batches(n, sample_rate, steps, task.generator)]
+        gradient = dp_gradient(self.dp.clip, sigma, sample_rate * n, task.generator)
+        trained = task.training(gradient=gradient).run(task.trainable(), batches)
         stored = task.client_state.get(DP_STEPS_KEY)
         taken = steps + (int(stored["steps"]) if stored else 0)
         task.client_state.put(DP_STEPS_KEY, {"steps": torch.tensor(taken)})
         epsilon = epsilon_spent(sigma, sample_rate, taken, self.dp.delta)
-        return total / max(count, 1), {"dp_epsilon": epsilon, "dp_sigma": sigma, "dp_steps": float(taken)}
-
+        return trained, {"dp_epsilon": epsilon, "dp_sigma": sigma, "dp_steps": float(taken)}
 
 class FFALoRA(LoRA):
     """FFA-LoRA (Sun, Li, Li, Ding, "Improving LoRA in Privacy-preserving Federated Learning",

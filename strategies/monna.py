@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from fedsim.params import check_range, check_that
 from fedsim.state import ClientState, Tensors
-from fedsim.strategy import ClientUpdate, LocalResult, LocalTask, Strategy, cross_entropy
+from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, ScoredModel, Strategy, model_holding
 
 MOMENTUM_KEY = "monna.momentum"
 
@@ -25,11 +26,15 @@ class MoNNA(Strategy):
 
     On the engine the server is only the broadcast medium: it receives every node's half
     step, computes every node's NNA mix and sends each node its own new model
-    (:meth:`payload_for`). ``f=0`` is plain averaging (D-SGD with momentum). The reported
-    ``test_acc``/``test_loss`` are the honest nodes' means.
+    (:meth:`payload_for`). ``f=0`` is plain averaging (D-SGD with momentum). The harness
+    reports the honest nodes' mean ``test_acc``/``test_loss``. The local step is the one
+    training loop's SGD with momentum ``beta`` and dampening ``beta`` (buffers from zero, kept
+    in the client state) and weight decay ``weight_decay``. MoNNA is a robust rule itself: a
+    robust server-side combine is refused at config time.
     """
 
     persistent = ("node_models",)
+    robust_combine_ok = False
 
     def __init__(
         self,
@@ -40,19 +45,12 @@ class MoNNA(Strategy):
         weight_decay: float = 1e-4,
         lr_decay_rounds: float = 50.0,
     ) -> None:
-        if clients_per_round != num_clients:
-            raise ValueError(
-                f"strategy.clients_per_round={clients_per_round}: MoNNA needs every node every round "
-                f"(clients_per_round = num_clients = {num_clients})"
-            )
-        if not 0 <= f < num_clients / 2:
-            raise ValueError(f"strategy.f={f}: must be >= 0 and < num_clients/2 = {num_clients / 2}")
-        if not 0 <= beta < 1:
-            raise ValueError(f"strategy.beta={beta}: must be in [0, 1)")
-        if weight_decay < 0:
-            raise ValueError(f"strategy.weight_decay={weight_decay}: must be >= 0")
-        if lr_decay_rounds <= 0:
-            raise ValueError(f"strategy.lr_decay_rounds={lr_decay_rounds}: must be > 0")
+        check_that("strategy.clients_per_round", clients_per_round, clients_per_round == num_clients,
+                   f"num_clients = {num_clients}: MoNNA needs every node every round")
+        check_that("strategy.f", f, isinstance(f, int) and 0 <= f < num_clients / 2, f">= 0 and < num_clients/2 = {num_clients / 2}")
+        check_range("strategy.beta", beta, 0, 1, high_open=True)
+        check_range("strategy.weight_decay", weight_decay, low=0)
+        check_range("strategy.lr_decay_rounds", lr_decay_rounds, low=0, low_open=True)
         self.f, self.beta, self.weight_decay, self.lr_decay_rounds = f, beta, weight_decay, lr_decay_rounds
         self.node_models: dict[int, Tensors] = {}  # server side: each node's current model
 
@@ -62,25 +60,21 @@ class MoNNA(Strategy):
     # Client side: one momentum step, upload the half-step model.
 
     def local_update(self, task: LocalTask) -> LocalResult:
-        params = dict(task.model.named_parameters())
-        x, y = next(task.batches())
-        task.model.train()
-        loss = cross_entropy(task.model, x, y)
-        grads = torch.autograd.grad(loss, list(params.values()))
-        momentum = task.client_state.get(MOMENTUM_KEY) or {n: torch.zeros_like(p) for n, p in params.items()}
-        gamma = task.lr / (1 + (task.round - 1) / self.lr_decay_rounds)
-        with torch.no_grad():
-            for (name, p), g in zip(params.items(), grads):
-                momentum[name] = self.beta * momentum[name] + (1 - self.beta) * (g + self.weight_decay * p)
-        task.client_state.put(MOMENTUM_KEY, momentum)
-        half_step = {k: v - gamma * momentum[k] if k in momentum else v for k, v in task.global_state.items()}
-        return LocalResult(half_step, len(task.y), {"train_loss": float(loss.detach())})
+        momentum = task.client_state.get(MOMENTUM_KEY) or {}
+        trained = task.training(
+            lr=task.lr / (1 + (task.round - 1) / self.lr_decay_rounds),
+            optimizer=task.optimizer.replace(momentum=self.beta, dampening=self.beta, nesterov=False, weight_decay=self.weight_decay),
+            state={f"momentum.{k}": v for k, v in momentum.items()},
+        ).run(task.trainable(), [next(task.batches())])
+        task.client_state.put(MOMENTUM_KEY, {k.removeprefix("momentum."): v for k, v in trained.state.items()})
+        return LocalResult({**task.global_state, **trained.params}, len(task.y), {"train_loss": trained.mean_loss})
 
     # Server side: every node's nearest-neighbour average.
 
-    def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate]) -> Tensors:
+    def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], combine: Combine) -> Tensors:
         """Each node's new model is the mean of the q - f received half steps nearest its own
-        (q received; its own is the pivot). Returns the mean of all nodes' models."""
+        (q received; its own is the pivot). Returns the mean of all nodes' models. ``combine`` is
+        not used: nearest-neighbour averaging is the aggregation rule."""
         names = list(global_state)
         flat = torch.stack([torch.cat([u.update[n].flatten() for n in names]) for u in updates])
         keep = max(len(updates) - self.f, 1)
@@ -91,23 +85,11 @@ class MoNNA(Strategy):
         models = list(self.node_models.values())
         return {n: sum(m[n] for m in models) / len(models) for n in names}
 
-    def evaluate(
-        self,
-        global_state: Tensors,
-        new_model: Callable[[], nn.Module],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        honest_clients: list[int],
-        client_states: Mapping[int, ClientState] | None = None,
-    ) -> dict[str, float]:
-        """The honest nodes' mean test accuracy and loss (each node evaluated on its own model)."""
-        model = new_model()  # one module, loaded with each node's state in turn
-        scores = [
-            super(MoNNA, self).evaluate(self.node_models.get(c, global_state), lambda: model, x, y, honest_clients)
-            for c in honest_clients
-        ]
-        return {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
-
+    def scored_models(
+        self, global_state: Tensors, new_model: Callable[[], nn.Module], client_states: Mapping[int, ClientState]
+    ) -> dict[int | None, ScoredModel]:
+        """Every node's own model (the harness scores the honest nodes' mean)."""
+        return {c: ScoredModel(model_holding(state, new_model)) for c, state in self.node_models.items()}
 
 def unflatten(vector: torch.Tensor, like: Tensors) -> Tensors:
     """Split a flat vector back into tensors shaped like ``like`` (in its key order)."""

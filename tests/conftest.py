@@ -10,7 +10,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from fedsim.simulation import simulate
+from fedsim.engine.context import Run  # noqa: F401  (re-exported for the tests)
+from fedsim.engine.simulation import simulate
 
 SMALL = ["dataset=digits", "num_clients=4", "clients_per_round=4", "rounds=2", "progress=false", "backend=inline"]
 
@@ -49,3 +50,4 @@ def run_sim(tmp_path: Path):
         return summary, read_rounds(out), out
 
     return _run
+

@@ -10,11 +10,12 @@ from typing import Any  # noqa: E402
 
 from flwr.common.constant import SUPERLINK_NODE_ID  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
-from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Message, RecordDict  # noqa: E402
 from conftest import compose_config  # noqa: E402
 
-from fedsim.client import TRUTH_KEY, run_local_round  # noqa: E402
-from fedsim.environment import environment_for  # noqa: E402
+from fedsim.engine.client_app import client_side_for, run_local_round  # noqa: E402
+from fedsim.engine.harness import Truth  # noqa: E402
+from conftest import Run  # noqa: E402
 from fedsim.state import Tensors, from_record, to_record  # noqa: E402
 
 FAST = ["backend=inline", "dataset=digits", "progress=false", "model.hidden=[32]"]
@@ -26,14 +27,12 @@ def make_cfg(*overrides: str) -> dict[str, Any]:
 
 
 def client_round(cfg: dict[str, Any], client_id: int, server_round: int = 1) -> tuple[Tensors, dict[str, str]]:
-    """Run client ``client_id``'s full pipeline on the initial global model: (decoded update, truth)."""
+    """Run client ``client_id``'s full pipeline on the initial global model: (decoded update, true role and kind)."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID  # as the inline backend
-    env = environment_for(cfg)
-    global_state = env.strategy.init_global(env.new_model())
+    run = Run(cfg)
+    global_state = run.strategy.init_global(run.new_model())
     content = RecordDict({"arrays": to_record(global_state), "config": ConfigRecord({"round": server_round})})
     message = Message(content, dst_node_id=1001 + client_id, message_type="train")
-    context = Context(
-        run_id=1, node_id=1001 + client_id, node_config={"partition-id": client_id}, state=RecordDict(), run_config={}
-    )
-    reply = run_local_round(cfg, message, context)
-    return from_record(reply.content["update"]), dict(reply.content[TRUTH_KEY])
+    reply = run_local_round(client_side_for(cfg), message, client_id)
+    truth = Truth.of(run.attack, run.num_clients, run.seed)
+    return from_record(reply.content["update"]), {"role": truth.roles[client_id], "kind": truth.kinds[client_id]}

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.simulation import simulate
+from fedsim.engine.simulation import simulate
 from fedsim.state import ClientState, Tensors
 from fedsim.strategy import LocalTask
 from poisoning_helpers import make_cfg

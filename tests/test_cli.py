@@ -34,20 +34,20 @@ def test_cfg_job_shows_the_config(tmp_path):
     ("args", "message"),
     [
         (["strategy=fedavgg"], "strategy=fedavgg: unknown option; valid strategy options: fedavg, fedprox, fedspeed, ffa_lora, hyperfl, lora, monna"),
-        (["partition=dirichlet", "partition.alpha=0"], "partition.alpha=0: must be a finite number > 0"),
-        (["clients_per_round=20"], "clients_per_round=20: must be an integer in [1, num_clients=10]"),
-        (["lr=-0.1"], "lr=-0.1: must be a finite number > 0"),
+        (["partition=dirichlet", "partition.alpha=0"], "partition.alpha=0: must be > 0"),
+        (["clients_per_round=20"], "clients_per_round=20: must be an integer in [1, 10]"),
+        (["lr=-0.1"], "lr=-0.1: must be > 0"),
         (["rounds=abc"], "rounds='abc': must be an integer >= 1"),
-        (["device=gpu"], "device='gpu': valid: cpu, cuda, cuda:N, auto"),
-        (["min_clients=0"], "min_clients=0: must be an integer [1, 10]"),
+        (["device=gpu"], "device='gpu': must be one of cpu, cuda, cuda:N, auto"),
+        (["min_clients=0"], "min_clients=0: must be an integer in [1, 10]"),
         (["checkpoint_every=-1"], "checkpoint_every=-1: must be an integer >= 0"),
         (["resume=/no/such/run"], "resume='/no/such/run': must be true, false or an existing run folder"),
-        (["client_timeout_s=0"], "client_timeout_s=0: must be a finite number > 0"),
+        (["client_timeout_s=0"], "client_timeout_s=0: must be > 0"),
         (["max_update_norm=nan"], "max_update_norm=nan: must be a finite number > 0"),
         (["strategy=fedspeed", "strategy.rhoo=1"], "strategy.rhoo: unknown key in strategy=fedspeed; valid keys here: "
          "_target_, alpha, lamb, lr_decay, max_grad_norm, num_clients, rho, weight_decay (use +strategy.rhoo=... to add one)"),
-        (["strategy=ffa_lora", "dp.clip=0"], "dp.clip=0: must be a finite number > 0"),
-        (["dp.noise_multiplier=1.0"], "dp.noise_multiplier=1.0, dp.epsilon=None: strategy fedsim.strategies.fedavg.FedAvg "
+        (["strategy=ffa_lora", "dp.clip=0"], "dp.clip=0: must be > 0"),
+        (["dp.noise_multiplier=1.0"], "dp.noise_multiplier=1.0: must be 0 with dp.epsilon=null: strategy fedsim.strategies.fedavg.FedAvg "
          "does not run DP-SGD; use one that takes the dp settings (strategy=lora, strategy=ffa_lora)"),
     ],
 )

@@ -7,8 +7,8 @@ import math
 import torch
 
 from fedsim.codec import Codec
-from fedsim.environment import Environment
-from fedsim.strategy import LocalResult, LocalTask
+from conftest import Run
+from fedsim.training import GradientFn, OptimizerConfig
 from conftest import make_config
 
 
@@ -25,23 +25,26 @@ def test_dense_codec_records_bytes_and_unit_ratio_per_client(run_sim) -> None:
 
 
 class FrozenCodec(Codec):
-    """A codec that takes over local training and proposes no change (tests the hook)."""
+    """A codec whose gradient estimator proposes no change (tests that the loop takes a codec's estimator)."""
 
-    def local_update(self, task: LocalTask) -> LocalResult:
-        return LocalResult({k: torch.zeros_like(v) for k, v in task.global_state.items()}, len(task.y), {})
+    def gradient_estimator(self, server_round: int, client_id: int) -> GradientFn:
+        def zero(loss_fn, params, batch):
+            return float(loss_fn(params, *batch)), {n: torch.zeros_like(p) for n, p in params.items()}
+
+        return zero
 
 
-def test_codec_local_update_replaces_the_strategy(run_sim) -> None:
+def test_codec_gradient_estimator_drives_the_strategys_loop(run_sim) -> None:
     _, records, _ = run_sim("compression._target_=tests.test_codec_hook.FrozenCodec")
-    assert records[0]["test_acc"] == records[1]["test_acc"]  # the strategy's SGD never ran
-    assert all("train_loss" not in c for c in records[0]["clients"].values())
+    assert records[0]["test_acc"] == records[1]["test_acc"]  # every step was a zero step
+    assert all("train_loss" in c for c in records[0]["clients"].values())  # yet the strategy's loop ran
     _, trained, _ = run_sim()
     assert trained[1]["test_acc"] > records[1]["test_acc"]
 
 
 def test_dense_codec_ignores_global_state() -> None:
-    env = Environment.from_config(make_config())
+    env = Run(make_config())
     state = env.strategy.init_global(env.new_model())
     codec = Codec()
-    decoded = codec.decode(codec.encode(state, None, 1), state)
+    decoded = codec.decode(codec.encode(state, None, 1), state, 0.1, OptimizerConfig())
     assert all(torch.equal(decoded[k], state[k]) for k in state)

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from fedsim.attack import BENIGN, MALICIOUS, UNRELIABLE
-from fedsim.attacks.label_flip import LabelFlip, MultiLabelFlip
-from fedsim.attacks.unreliable import Unreliable
-from fedsim.environment import environment_for
+from fedsim.attacks.poisoning.label_flip import LabelFlip, MultiLabelFlip
+from fedsim.attacks.poisoning.unreliable import Unreliable
+from conftest import Run
 from poisoning_helpers import make_cfg
 
 GEN = torch.Generator().manual_seed(0)
@@ -82,7 +82,7 @@ def test_blur_smooths_images():
 
 def test_mixed_assigns_disjoint_seeded_sets_with_true_roles():
     cfg = make_cfg("num_clients=20", "attack=mixed", "attack.fraction=0.1")
-    attack = environment_for(cfg).attack
+    attack = Run(cfg).attack
     acting = [attack.for_client(c, 20, 0) for c in range(20)]
     kinds = [a.name if a else BENIGN for a in acting]
     assert {k: kinds.count(k) for k in set(kinds)} == {
@@ -91,4 +91,4 @@ def test_mixed_assigns_disjoint_seeded_sets_with_true_roles():
     roles = [a.role if a else BENIGN for a in acting]
     assert roles.count(MALICIOUS) == 8 and roles.count(UNRELIABLE) == 2
     with pytest.raises(ValueError, match="need 30 clients"):
-        environment_for(make_cfg("num_clients=20", "attack=mixed", "attack.fraction=0.3")).attack.for_client(0, 20, 0)
+        Run(make_cfg("num_clients=20", "attack=mixed", "attack.fraction=0.3")).attack.for_client(0, 20, 0)

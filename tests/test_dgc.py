@@ -8,6 +8,7 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
+from fedsim.training import OptimizerConfig
 from fedsim.compression.dgc import DeepGradientCompression
 from fedsim.state import ClientState
 
@@ -21,7 +22,7 @@ def test_dgc_round_trip_sends_top_k_with_honest_bytes() -> None:
     codec = DeepGradientCompression(sparsity=0.99, momentum=0.9)
     update = random_update(0)
     record = codec.encode(update, ClientState(RecordDict()), server_round=1)
-    decoded = codec.decode(record, {})
+    decoded = codec.decode(record, {}, 0.1, OptimizerConfig())
     k = 10  # 1% of 1000
     top = torch.topk(update["w"].flatten().abs(), k).indices
     expected = torch.zeros(1000).index_copy(0, top, update["w"].flatten()[top]).reshape(40, 25)
@@ -45,7 +46,7 @@ def test_dgc_residual_bookkeeping_sent_plus_residual_equals_accumulated_velocity
     for t in range(1, 8):
         update = random_update(t)
         before = state.get("dgc.momentum") or {"w": torch.zeros(40, 25)}
-        decoded = codec.decode(codec.encode(update, state, t), {})
+        decoded = codec.decode(codec.encode(update, state, t), {}, 0.1, OptimizerConfig())
         velocity_total += 0.9 * before["w"] + update["w"]  # u_t as the codec formed it
         sent_total += decoded["w"]
         momentum = state.get("dgc.momentum")["w"]
@@ -61,8 +62,8 @@ def test_dgc_residuals_survive_in_client_state_record() -> None:
     records = RecordDict()
     codec.encode(random_update(0), ClientState(records), 1)
     assert set(records) == {"state.dgc.momentum", "state.dgc.residual"}
-    second = codec.decode(codec.encode(random_update(1), ClientState(records), 2), {})
-    fresh = codec.decode(codec.encode(random_update(1), ClientState(RecordDict()), 2), {})
+    second = codec.decode(codec.encode(random_update(1), ClientState(records), 2), {}, 0.1, OptimizerConfig())
+    fresh = codec.decode(codec.encode(random_update(1), ClientState(RecordDict()), 2), {}, 0.1, OptimizerConfig())
     assert not torch.equal(second["w"], fresh["w"])  # the first round's residual was carried over
 
 
@@ -78,7 +79,7 @@ def test_dgc_dense_without_masking_equals_torch_momentum_sgd() -> None:
         model_a.zero_grad()
         torch.nn.functional.cross_entropy(model_a(x), y).backward()
         update = {n: -0.1 * p.grad for n, p in model_a.named_parameters()}
-        sent = codec.decode(codec.encode(update, state, step), {})
+        sent = codec.decode(codec.encode(update, state, step), {}, 0.1, OptimizerConfig())
         with torch.no_grad():
             for n, p in model_a.named_parameters():
                 p += sent[n]
@@ -99,7 +100,7 @@ def test_dgc_warmup_densities_rise_exponentially_then_hold() -> None:
 def test_dgc_local_clipping_scales_with_workers() -> None:
     codec = DeepGradientCompression(sparsity=0.0, momentum=0.0, clip_norm=2.0, workers=4)
     update = {"w": torch.full((10, 10), 1.0)}
-    sent = codec.decode(codec.encode(update, ClientState(RecordDict()), 1), {})
+    sent = codec.decode(codec.encode(update, ClientState(RecordDict()), 1), {}, 0.1, OptimizerConfig())
     assert math.isclose(float(sent["w"].norm()), 2.0 / math.sqrt(4), rel_tol=1e-6)
 
 

@@ -64,12 +64,12 @@ def test_custom_strategy_from_user_module(run_sim, tmp_path, monkeypatch):
                 calls = 0
 
                 def local_update(self, task):
-                    loss = self.sgd_epochs(task)
-                    return LocalResult(self.model_delta(task.model, task.global_state), len(task.y), {"train_loss": loss})
+                    trained = self.fit(task)
+                    return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss})
 
-                def aggregate(self, server_round, global_state, updates):
+                def aggregate(self, server_round, global_state, updates, combine):
                     type(self).calls += 1
-                    mean = self.weighted_mean(updates)
+                    mean = combine(updates)
                     return {k: v + 0.5 * mean[k] for k, v in global_state.items()}
             '''
         )

@@ -8,57 +8,58 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import RecordDict
-from flwr.common import serde
 
 from strategy_helpers import ce_grad, linear_model, one_sample_task, run_rounds
 from poisoning_helpers import make_cfg
-from fedsim.state import ClientState, Tensors
-from fedsim.strategies.fedspeed import CORRECTION_KEY, FedSpeed
+from fedsim.state import ClientState
+from fedsim.strategies.fedspeed import FedSpeed
 from fedsim.strategy import ClientUpdate
 
 RHO, ALPHA, LAMB, WD, LR, DECAY = 0.5, 0.7, 0.3, 0.01, 0.2, 0.9
 
 
 def hand_step(w0, b0, h, x, y, server_round, max_norm):
-    """One FedSpeed local step done by hand (batch of one sample)."""
+    """One FedSpeed local step done by hand (batch of one sample), as the reference code takes it:
+    the SAM gradient plus lamb·(h - w_t) is clipped, then SGD adds (wd + lamb)·w."""
     gw1, gb1 = ce_grad(w0, b0, x, y)
     scale = RHO / math.sqrt(float(gw1.pow(2).sum() + gb1.pow(2).sum()))
     gw2, gb2 = ce_grad(w0 + scale * gw1, b0 + scale * gb1, x, y)
     gw, gb = (1 - ALPHA) * gw1 + ALPHA * gw2, (1 - ALPHA) * gb1 + ALPHA * gb2
-    # at the first step w == w_t, so the prox term lamb*(w - w_t) is zero
-    dw, db = gw + WD * w0 + LAMB * h["weight"], gb + WD * b0 + LAMB * h["bias"]
-    clip = min(1.0, max_norm / math.sqrt(float(dw.pow(2).sum() + db.pow(2).sum())))
+    dw, db = gw + LAMB * (h["weight"] - w0), gb + LAMB * (h["bias"] - b0)
+    clip = min(1.0, max_norm / (math.sqrt(float(dw.pow(2).sum() + db.pow(2).sum())) + 1e-6))
     lr = LR * DECAY ** (server_round - 1)
-    return w0 - lr * clip * dw, b0 - lr * clip * db
+    return w0 - lr * (clip * dw + (WD + LAMB) * w0), b0 - lr * (clip * db + (WD + LAMB) * b0)
 
 
 @pytest.mark.parametrize("max_norm", [10.0, 0.05])  # unclipped and clipped step
 def test_fedspeed_one_step_two_clients_matches_hand_computation(max_norm: float) -> None:
+    """Fails on the landed code of before the redesign, which clipped the whole step including (wd + lamb)·w."""
     strategy = FedSpeed(num_clients=3, rho=RHO, alpha=ALPHA, lamb=LAMB, weight_decay=WD, max_grad_norm=max_norm, lr_decay=DECAY)
     w0, b0 = torch.tensor([[0.5, -1.0], [0.2, 0.3]]), torch.tensor([0.1, -0.2])
     state = {"weight": w0, "bias": b0}
     strategy.init_global(linear_model(w0, b0))
     data = [(torch.tensor([1.0, 2.0]), 0), (torch.tensor([-1.5, 0.5]), 1)]
     prior = {"weight": torch.tensor([[0.3, -0.1], [0.0, 0.4]]), "bias": torch.tensor([-0.2, 0.2])}
-    states = [ClientState(RecordDict()), ClientState(RecordDict())]
-    states[1].put(CORRECTION_KEY, prior)  # client 1 carries a correction from earlier rounds
+    strategy.corrections[1] = {k: v.clone() for k, v in prior.items()}  # client 1 took part before
+    strategy.correction_sum = {k: v.clone() for k, v in prior.items()}
     server_round = 2
-    updates, expected_h = [], []
-    for cid, ((x, y), cs) in enumerate(zip(data, states)):
-        h = cs.get(CORRECTION_KEY) or {k: torch.zeros_like(v) for k, v in state.items()}
+    updates = []
+    for cid, (x, y) in enumerate(data):
+        h = strategy.extra_for(cid) or {k: torch.zeros_like(v) for k, v in state.items()}
         w1, b1 = hand_step(w0, b0, h, x, y, server_round, max_norm)
-        result = strategy.local_update(one_sample_task(cid, x, y, state, cs, server_round, LR))
+        task = one_sample_task(cid, x, y, state, ClientState(RecordDict()), server_round, LR)
+        task.extra = strategy.extra_for(cid)
+        result = strategy.local_update(task)
         torch.testing.assert_close(result.update["weight"], w1 - w0)
         torch.testing.assert_close(result.update["bias"], b1 - b0)
-        expected_h.append({"weight": h["weight"] + w1 - w0, "bias": h["bias"] + b1 - b0})
-        torch.testing.assert_close(cs.get(CORRECTION_KEY), expected_h[-1])  # h_i += w_i - w_t
-        updates.append(ClientUpdate(cid, result.update, 1))
+        updates.append(ClientUpdate(cid, result.update, 1 + 5 * cid))  # unequal sizes: the combine is uniform
 
-    new = strategy.aggregate(server_round, state, updates)
+    new = strategy.aggregate(server_round, state, updates, strategy.combine)
     for k in state:
         mean_local = state[k] + (updates[0].update[k] + updates[1].update[k]) / 2
-        # the server's mirror starts at zero: it holds the deltas it has seen, over all 3 clients
-        torch.testing.assert_close(new[k], mean_local + (updates[0].update[k] + updates[1].update[k]) / 3)
+        h_sum = prior[k] + updates[0].update[k] + updates[1].update[k]  # h_i += w_i - w_t, over all 3 clients
+        torch.testing.assert_close(new[k], mean_local + h_sum / 3)
+        torch.testing.assert_close(strategy.corrections[1][k], prior[k] + updates[1].update[k])
 
 
 def test_fedspeed_invalid_hyperparameters_name_the_field() -> None:
@@ -70,13 +71,21 @@ def test_fedspeed_invalid_hyperparameters_name_the_field() -> None:
         FedSpeed(num_clients=2, lr_decay=0)
 
 
-def test_fedspeed_correction_survives_flower_serialisation() -> None:
-    """h_i lives in the client state: it round-trips through Flower's wire format unchanged."""
-    state = RecordDict()
-    h = {"weight": torch.randn(3, 2), "bias": torch.randn(3)}
-    ClientState(state).put(CORRECTION_KEY, h)
-    restored = serde.recorddict_from_proto(serde.recorddict_to_proto(state))
-    torch.testing.assert_close(ClientState(restored).get(CORRECTION_KEY), h)
+def test_fedspeed_server_sum_of_h_stays_exact_when_uploads_are_rejected(tmp_path: Path) -> None:
+    """Fails on the code of before the redesign, where each client kept h_i and the server mirrored its sum
+    from the accepted deltas: a rejected upload changed h_i but not the mirror. Now the server owns every
+    h_i, updates it from what it aggregates and sends it down, so its sum is exactly the sum of the h_i."""
+    from fedsim.engine.context import build_components
+
+    args = ("strategy=fedspeed", "num_clients=4", "clients_per_round=4", "rounds=3", "max_update_norm=1.75", "lr=0.3")
+    records = run_rounds(tmp_path / "run", *args, "checkpoint_every=3")
+    assert sum(len(r["rejected"]) for r in records) > 0  # the norm bound did refuse some uploads
+    assert all(r["bytes_down"] > 0 for r in records)
+    checkpoint = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    strategy = build_components(make_cfg(*args)).strategy
+    strategy.load_state_dict(checkpoint["components"]["strategy"])
+    for name, total in strategy.correction_sum.items():
+        torch.testing.assert_close(total, sum(h[name] for h in strategy.corrections.values()))
 
 
 def test_fedspeed_same_seed_same_numbers(tmp_path: Path) -> None:

@@ -9,15 +9,14 @@ from uuid import uuid4
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_config
-from fedsim.client import TRUTH_KEY
-from fedsim.environment import Environment
-from fedsim.results import RunRecorder
-from fedsim.server import FederatedServer
+from conftest import Run
+from fedsim.engine.replies import collect
+from fedsim.training import OptimizerConfig
 from fedsim.validation import update_problem
 
 @pytest.fixture
@@ -104,9 +103,8 @@ MAX_NORM = 50.0
 
 @pytest.fixture(scope="module")
 def screening_server(tmp_path_factory):
-    env = Environment.from_config(make_config(f"max_update_norm={MAX_NORM}"))
-    server = FederatedServer(env, RunRecorder(tmp_path_factory.mktemp("screen")), progress=False)
-    return server, env.strategy.init_global(env.new_model())
+    run = Run(make_config(f"max_update_norm={MAX_NORM}"))
+    return run, run.strategy.init_global(run.new_model())
 
 
 def mutated(tensor: torch.Tensor, how: str, generator: torch.Generator) -> torch.Tensor | None:
@@ -128,7 +126,6 @@ reply_specs = st.fixed_dictionaries(
         "extra_array": st.booleans(),
         "num_examples": st.integers(-2, 40),
         "has_metrics": st.booleans() | st.just(True),
-        "has_truth": st.booleans() | st.just(True),
         "seed": st.integers(0, 2**16),
     }
 )
@@ -146,8 +143,6 @@ def reply_message(spec: dict, global_state: dict, node_id: int) -> Message:
     content = RecordDict({"update": ArrayRecord(torch_state_dict=arrays)})
     if spec["has_metrics"]:
         content["metrics"] = MetricRecord({"num_examples": spec["num_examples"], "bytes_up": 1})
-    if spec["has_truth"]:
-        content[TRUTH_KEY] = ConfigRecord({"role": "benign", "kind": "benign"})
     request = Message(RecordDict(), dst_node_id=node_id, message_type="train", group_id="1")
     request.metadata.__dict__["_message_id"] = str(uuid4())
     return Message(content, reply_to=request)
@@ -159,24 +154,22 @@ def well_formed(spec: dict) -> bool:
         and not spec["extra_array"]
         and spec["num_examples"] > 0
         and spec["has_metrics"]
-        and spec["has_truth"]
     )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(specs=st.lists(reply_specs, min_size=1, max_size=6))
 def test_no_malformed_reply_ever_reaches_the_aggregate(screening_server, specs):
-    server, global_state = screening_server
+    run, global_state = screening_server
     assert len(global_state) == 4  # the MLP's two weights and two biases, one mutation each
-    client_of = {1001 + i: i for i in range(len(specs))}
-    replies = [reply_message(spec, global_state, node) for spec, node in zip(specs, client_of)]
-    got = server.collect(1, replies, client_of, global_state)
+    replies = [(i, reply_message(spec, global_state, 1001 + i)) for i, spec in enumerate(specs)]
+    expected = run.strategy.upload_shapes(global_state)
+    got = collect(run.ctx, run.codec, 1, replies, global_state, expected, 0.1, OptimizerConfig(), {})
     accepted = [u.client_id for u in got.updates]
     assert accepted == [i for i, spec in enumerate(specs) if well_formed(spec)]
     assert sorted(accepted + [r["client"] for r in got.rejected]) == list(range(len(specs)))
-    expected = server.env.strategy.upload_shapes(global_state)
     for update in got.updates:
         assert update_problem(update.update, expected, MAX_NORM) is None
     if got.updates:
-        aggregate = server.env.strategy.aggregate(1, global_state, got.updates)
+        aggregate = run.strategy.aggregate(1, global_state, got.updates, run.strategy.combine)
         assert all(bool(torch.isfinite(t).all()) for t in aggregate.values())

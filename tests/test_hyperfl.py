@@ -14,12 +14,13 @@ from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from conftest import make_config, metrics_only, read_rounds
+from fedsim.training import OptimizerConfig
 from fedsim.codec import Codec
-from fedsim.environment import Environment
+from conftest import Run
 from fedsim.evaluation import evaluate_for_labels
 from fedsim.models import MLP
 from fedsim.seeding import torch_generator
-from fedsim.simulation import simulate
+from fedsim.engine.simulation import simulate
 from fedsim.state import STATE_PREFIX, ClientState, Tensors
 from fedsim.strategies.hyperfl import EMBEDDING, LABELS_KEY, PRIVATE_KEY, HyperFL
 from fedsim.strategy import LocalTask
@@ -123,16 +124,16 @@ class RecordingCodec(Codec):
 
     seen: ClassVar[list[list[str]]] = []
 
-    def decode(self, record: ArrayRecord, global_state: Tensors) -> Tensors:
+    def decode(self, record: ArrayRecord, global_state: Tensors, lr: float, optimizer: OptimizerConfig) -> Tensors:
         RecordingCodec.seen.append(sorted(record.keys()))
-        return super().decode(record, global_state)
+        return super().decode(record, global_state, lr, optimizer)
 
 
 def test_hyperfl_reply_carries_only_hypernetwork_arrays_and_private_parts_differ(tmp_path: Path) -> None:
     RecordingCodec.seen.clear()
     cfg = make_config(*HYPERFL, "rounds=2", "checkpoint_every=2", f"compression._target_={__name__}.RecordingCodec")
     simulate(cfg, tmp_path, progress=False)
-    env = Environment.from_config(cfg)
+    env = Run(cfg)
     hyper_names = sorted(env.strategy.init_global(env.new_model()))
     assert all(name.startswith("hypernet.") for name in hyper_names)
     assert RecordingCodec.seen == [hyper_names] * 6  # 3 clients x 2 rounds, exactly the hypernetwork
@@ -168,7 +169,7 @@ def test_hyperfl_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> 
 
 
 def test_hyperfl_attack_model_exposes_the_hypernetwork_with_guessed_private_parts() -> None:
-    env = Environment.from_config(make_config(*HYPERFL))
+    env = Run(make_config(*HYPERFL))
     state = env.strategy.init_global(env.new_model())
     model = env.strategy.attack_model(state, env.new_model)
     params = dict(model.named_parameters())

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import RecordDict
 from torch import nn
 
-from fedsim.attacks.gifd import GIFD, auxiliary_pixels, project_onto_l1_ball
-from fedsim.attacks.inverting_gradients import InvertingGradients
+from fedsim.privacy import DataFacts
+from fedsim.attacks.inversion.gifd import GIFD, auxiliary_pixels, project_onto_l1_ball
+from fedsim.attacks.inversion.inverting_gradients import InvertingGradients
 from fedsim.data import ImageData, digits
-from fedsim.inversion import InversionTarget
+from fedsim.attacks.inversion.base import InversionTarget
 from fedsim.models import CNN
-from fedsim.reconstruction_scores import PSNR_CAP_DB, score_batch
+from fedsim.engine.reconstruction_scores import PSNR_CAP_DB, score_batch
 from fedsim.state import ClientState
 from fedsim.strategies.fedavg import FedAvg
 from fedsim.strategy import LocalTask
@@ -28,6 +31,12 @@ def fedsgd_target(model: nn.Module, n: int, seed: int = 0) -> tuple[InversionTar
     update = {k: -0.1 * g for (k, _), g in zip(model.named_parameters(), grads)}
     target = InversionTarget.from_update(model, update, DATA, 0.1, 1, n, n, torch.Generator().manual_seed(seed))
     return target, x, y
+
+
+def view_of(data) -> SimpleNamespace:
+    """The parts of a server's view that GIFD's prior needs: public data facts, held-out images, the seed."""
+    facts = DataFacts(tuple(data.input_shape), data.num_classes, tuple(data.mean), tuple(data.std))
+    return SimpleNamespace(data=facts, held_out=data.x_test, seed=0)
 
 
 def test_inversion_idlg_label_rule_on_hand_made_gradient():
@@ -114,14 +123,14 @@ def test_gifd_l1_projection_holds_after_every_step(tmp_path):
     torch.manual_seed(0)
     target, _, _ = fedsgd_target(CNN(DATA.input_shape, 10, channels=(8,), hidden=32), n=1)
     attack = CheckedGIFD(steps=6, restarts=1, radii=[0.05, 0.05, 0.05], generator_epochs=2, cache_dir=str(tmp_path))
-    attack.prepare_prior(DATA, seed=0)
+    attack.prepare_prior(view_of(DATA))
     attack.reconstruct(target, None)
     assert len(checked) == 3 * 6
     assert max(checked) > 0.99  # the constraint was active, not vacuous
     cached = list(tmp_path.glob("gifd_generator_*.pt"))
     assert len(cached) == 1
     again = GIFD(generator_epochs=2, cache_dir=str(tmp_path))
-    again.prepare_prior(DATA, seed=0)  # loaded from the cache, identical weights
+    again.prepare_prior(view_of(DATA))  # loaded from the cache, identical weights
     for a, b in zip(attack.generator.state_dict().values(), again.generator.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -165,6 +174,6 @@ def test_inversion_through_ray_backend(run_sim):
 def test_gifd_out_of_distribution_prior_images_are_resized_digits():
     target_like = ImageData("tiny", np.zeros((1, 3, 16, 12), np.float32), np.zeros(1, np.int64),
                             np.zeros((1, 3, 16, 12), np.float32), np.zeros(1, np.int64), 10, (0.5,) * 3, (0.25,) * 3)
-    pixels = auxiliary_pixels("digits", target_like)
+    pixels = auxiliary_pixels("digits", target_like, target_like.x_test)
     assert pixels.shape == (1797, 3, 16, 12) and pixels.min() >= 0.0 and pixels.max() <= 1.0
     assert pixels.std() > 0.1  # real digit strokes, not blank images

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_config, read_rounds
-from fedsim.simulation import simulate
+from fedsim.engine.simulation import simulate
 from test_lora import TINY
 
 

@@ -8,6 +8,10 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
+from types import SimpleNamespace
+
+from fedsim.attack import Attack
+from fedsim.engine.harness import Truth, score_models
 from fedsim.evaluation import evaluate
 from fedsim.state import ClientState
 from fedsim.strategies.monna import MOMENTUM_KEY, MoNNA
@@ -38,7 +42,7 @@ def test_monna_one_step_two_clients_matches_hand_computation() -> None:
         torch.testing.assert_close(cs.get(MOMENTUM_KEY), {"weight": mw, "bias": mb})
         updates.append(ClientUpdate(cid, result.update, 1))
 
-    strategy.aggregate(server_round, state, updates)  # f = 0: both nodes take the plain average
+    strategy.aggregate(server_round, state, updates, strategy.combine)  # f = 0: both nodes take the plain average
     for cid in (0, 1):
         for k in state:
             torch.testing.assert_close(strategy.payload_for(cid, state)[k], (updates[0].update[k] + updates[1].update[k]) / 2)
@@ -49,7 +53,7 @@ def test_monna_nearest_neighbour_mix_excludes_the_far_vectors() -> None:
     state = {"v": torch.zeros(2)}
     half = {0: [0.0, 0.0], 1: [1.0, 0.0], 2: [10.0, 10.0]}  # node 2 is far away (faulty)
     updates = [ClientUpdate(c, {"v": torch.tensor(v)}, 5) for c, v in half.items()]
-    strategy.aggregate(1, state, updates)
+    strategy.aggregate(1, state, updates, strategy.combine)
     # each node averages the n - f = 2 vectors nearest its own (itself included)
     torch.testing.assert_close(strategy.payload_for(0, state)["v"], torch.tensor([0.5, 0.0]))
     torch.testing.assert_close(strategy.payload_for(1, state)["v"], torch.tensor([0.5, 0.0]))
@@ -62,9 +66,10 @@ def test_monna_reports_the_honest_nodes_mean_accuracy() -> None:
     bad = {"weight": -good["weight"], "bias": torch.zeros(2)}
     strategy.node_models = {0: good, 1: bad}
     x, y = torch.tensor([[2.0, 0.0], [0.0, 2.0], [3.0, 1.0]]), torch.tensor([0, 1, 0])
-    new = lambda: linear_model(torch.zeros(2, 2), torch.zeros(2))  # noqa: E731
-    assert strategy.evaluate(bad, new, x, y, honest_clients=[0])["test_acc"] == 1.0
-    both = strategy.evaluate(bad, new, x, y, honest_clients=[0, 1])
+    run = SimpleNamespace(test_data=lambda: (x, y), new_model=lambda: linear_model(torch.zeros(2, 2), torch.zeros(2)))
+    node_1_attacks = Truth(("benign", "malicious"), ("benign", "sign_flip"))
+    assert score_models(run, strategy, Attack(), node_1_attacks, bad, {})["test_acc"] == 1.0  # only node 0 is honest
+    both = score_models(run, strategy, Attack(), Truth(("benign",) * 2, ("benign",) * 2), bad, {})
     assert both["test_acc"] == pytest.approx(0.5)
     assert both["test_loss"] == pytest.approx(
         (evaluate(linear_model(**good), x, y)["test_loss"] + evaluate(linear_model(**bad), x, y)["test_loss"]) / 2

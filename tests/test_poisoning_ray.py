@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fedsim.simulation import simulate
+from fedsim.engine.simulation import simulate
 from poisoning_helpers import make_cfg
 
 

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
 
 from conftest import metrics_only
 
-from fedsim.privacy import PrivacyAttack
+from typing import ClassVar
+
+from fedsim.privacy import Observation, PrivacyAttack, ServerView
 
 
 class FolderProbe(PrivacyAttack):
     """Writes one file per observed round into the run folder and reports how many updates it saw."""
 
-    def observe(self, server_round, global_state, updates, env, out_dir: Path) -> dict[str, Any]:
-        (out_dir / f"observed_{server_round}.txt").write_text(str(len(updates)))
-        return {"privacy": {"updates_seen": len(updates)}}
+    seen: ClassVar[list[int]] = []
+
+    def observe(self, view: ServerView) -> Observation:
+        type(self).seen.append(len(view.updates))
+        return Observation(notes={u.client_id: {"seen": view.round} for u in view.updates})
 
 
 def test_privacy_observer_gets_run_folder_and_leaves_training_alone(run_sim):
     _, plain, _ = run_sim()
     _, probed, out = run_sim(f"privacy_attack._target_={__name__}.FolderProbe")
-    assert (out / "observed_1.txt").read_text() == "4" and (out / "observed_2.txt").exists()
-    assert [r["privacy"]["updates_seen"] for r in probed] == [4, 4]
+    assert FolderProbe.seen[-2:] == [4, 4]
+    assert [r["privacy"]["clients"]["0"]["seen"] for r in probed] == [1, 2]
     strip = [{k: v for k, v in r.items() if k != "privacy"} for r in probed]
     assert metrics_only(strip) == metrics_only(plain)

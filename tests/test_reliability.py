@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import make_config, metrics_only, read_rounds
-from fedsim.server import TooFewClients
-from fedsim.simulation import simulate
+from fedsim.engine.loop import TooFewClients
+from fedsim.engine.simulation import simulate
 
 # Stateful on both sides: FedSpeed (client correction h_i + the server's sum of h_i), DGC (client
 # residuals and momenta), MUD-HoG (server-side update histories), with one sign-flipper.
@@ -188,7 +188,7 @@ def test_client_over_the_timeout_loses_its_round(run_sim, faulty_module, caplog)
     assert rounds[0]["failures"] == [{"client": 2, "reason": "no reply within client_timeout_s=1.0"}]
     assert rounds[0]["clients_aggregated"] == 3
     assert rounds[1]["failures"] == [] and rounds[1]["clients_aggregated"] == 4
-    assert any("client 2: no reply within" in m for m in caplog.messages)
+    assert any("client 2 failed: no reply within" in m for m in caplog.messages)
 
 
 def test_fewer_valid_replies_than_min_clients_stops_the_run(tmp_path, faulty_module):

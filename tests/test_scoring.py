@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedsim.scoring import detection_scores
+from fedsim.engine.detection import detection_scores
 
 
 def test_scores_malicious_unreliable_and_kinds():

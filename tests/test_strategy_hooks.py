@@ -22,8 +22,9 @@ def test_default_evaluate_scores_the_global_model() -> None:
     model = MLP((1, 2, 2), 3, hidden=(4,))
     state = FedAvg().init_global(model)
     x, y = torch.randn(20, 1, 2, 2), torch.randint(0, 3, (20,))
-    got = FedAvg().evaluate(state, lambda: MLP((1, 2, 2), 3, hidden=(4,)), x, y, honest_clients=[0])
-    assert got == evaluate(model, x, y)
+    scored = FedAvg().scored_models(state, lambda: MLP((1, 2, 2), 3, hidden=(4,)), {})
+    assert list(scored) == [None]
+    assert evaluate(scored[None].model, x, y) == evaluate(model, x, y)
 
 
 def test_default_attack_model_is_the_model_holding_the_global_state() -> None:

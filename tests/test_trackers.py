@@ -7,8 +7,9 @@ import struct
 import pytest
 from tensorboardX.proto.event_pb2 import Event
 
-from fedsim.config import ConfigError, validate
-from fedsim.simulation import simulate
+from fedsim.config import validate
+from fedsim.params import ParamError as ConfigError
+from fedsim.engine.simulation import simulate
 from fedsim.trackers import scalars
 
 from conftest import make_config, read_rounds

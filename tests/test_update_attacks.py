@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fedsim.attack import BENIGN, MALICIOUS, SelectedClientsAttack
-from fedsim.attacks.additive_noise import AdditiveNoise
-from fedsim.attacks.sign_flip import SignFlip
+from fedsim.attacks.poisoning.additive_noise import AdditiveNoise
+from fedsim.attacks.poisoning.sign_flip import SignFlip
 from poisoning_helpers import client_round, make_cfg
 
 N = 10

@@ -23,11 +23,11 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from fedsim.environment import Environment, environment_for
+from fedsim.engine.context import Run
 from fedsim.evaluation import evaluate
 from fedsim.sampling import sample_clients
 from fedsim.seeding import torch_generator
-from fedsim.simulation import simulate
+from fedsim.engine.simulation import simulate
 
 CASES = {
     "100 clients, 10 per round": ["num_clients=100", "clients_per_round=10"],
@@ -41,7 +41,7 @@ def config(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def bare_loop(env: Environment) -> float:
+def bare_loop(env: Run) -> float:
     """The same federated training as plain PyTorch; returns its wall seconds."""
     cfg = env.cfg
     torch.set_num_threads(1)
@@ -93,11 +93,11 @@ def main() -> None:
     print(f"{'case':28} {'backend':7} {'bare_s':>7} {'fedsim_s':>9} {'startup_s':>9} {'overhead_ratio':>14} {'acc':>6}")
     for case, overrides in CASES.items():
         base = [*overrides, f"rounds={rounds}"]
-        env = environment_for(config(base + ["backend=inline"]))
+        env = Run(config(base + ["backend=inline"]))
         bare = min(bare_loop(env) for _ in range(args.repeat))
         for backend in args.backends.split(","):
             cfg = config(base + [f"backend={backend}"])
-            environment_for(cfg)  # data loading is outside both timings
+            Run(cfg)  # data loading is outside both timings
             repeats = args.repeat if backend == "inline" else 1  # each Ray run pays its start-up again
             total, rounds_wall, acc = min(fedsim_run(cfg) for _ in range(repeats))
             # inline: everything counts; ray: start-up/shutdown reported apart

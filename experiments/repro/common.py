@@ -13,7 +13,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 from hydra import compose, initialize_config_module  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from fedsim.simulation import simulate  # noqa: E402
+from fedsim.engine.simulation import simulate  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -37,9 +37,9 @@ from flwr.app import RecordDict
 
 from common import OUT, config, figure, finish, print_table, run, save_figure
 from fedsim.checkpoint import CheckpointStore, config_fingerprint
-from fedsim.environment import Environment
+from fedsim.engine.context import Run
 from fedsim.evaluation import evaluate, evaluate_for_labels
-from fedsim.reconstruction_scores import psnr, score_batch, ssim
+from fedsim.engine.reconstruction_scores import psnr, score_batch, ssim
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState
 from fedsim.strategy import LocalTask
@@ -68,7 +68,7 @@ ACC_MARGIN, FEDAVG_GAP_DB = 0.05, 10.0
 def personalised(overrides: list[str], name: str) -> dict[str, float]:
     """The final global model scored per client on its label distribution (mean), and on the plain test set."""
     cfg = config(overrides)
-    env = Environment.from_config(cfg)
+    env = Run(cfg)
     checkpoint = CheckpointStore(OUT / name / "checkpoints").load_latest(config_fingerprint(cfg))
     model = env.new_model()
     model.load_state_dict(checkpoint.global_state, strict=False)
@@ -120,7 +120,7 @@ def inversion() -> dict[tuple[str, str], dict[str, float]]:
 def baselines(client_ids: list[int]) -> dict[tuple[str, str], dict[str, float]]:
     """Guesses that use nothing from the upload, scored against the attacked clients' true batches:
     uniform-random images, and the mean training image (the data prior alone)."""
-    env = Environment.from_config(config([*INVERSION, "strategy=fedavg"]))
+    env = Run(config([*INVERSION, "strategy=fedavg"]))
     mean_px = env.data.denormalise(env.data.x_train).mean(0)
     scores: dict[str, list[dict[str, float]]] = {"random images": [], "mean training image": []}
     for cid in client_ids:
@@ -143,7 +143,7 @@ def bias_ratio(extra: list[str], client_ids: list[int]) -> dict[str, float]:
     true image is paired with its best candidate: an oracle pick, so an upper bound on this attack.
     The client's upload is recomputed exactly as the engine's client computes it (same seeded generator).
     """
-    env = Environment.from_config(config([*INVERSION, *extra]))
+    env = Run(config([*INVERSION, *extra]))
     strategy, started = env.strategy, time.perf_counter()
     global_state = strategy.init_global(env.new_model())
     weight, bias = list(strategy.build(env.new_model()).hypernet.shapes)[:2]

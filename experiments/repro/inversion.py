@@ -21,13 +21,13 @@ import torch
 from flwr.app import RecordDict
 from torch import nn
 
-from fedsim.attacks.dlg import DLG, IDLG
-from fedsim.attacks.gifd import GIFD
-from fedsim.attacks.inverting_gradients import InvertingGradients
+from fedsim.attacks.inversion.dlg import DLG, IDLG
+from fedsim.attacks.inversion.gifd import GIFD
+from fedsim.attacks.inversion.inverting_gradients import InvertingGradients
 from fedsim.data import mnist5k
-from fedsim.inversion import InversionTarget
+from fedsim.attacks.inversion.base import InversionTarget
 from fedsim.models import CNN
-from fedsim.reconstruction_scores import save_grid, score_batch
+from fedsim.engine.reconstruction_scores import save_grid, score_batch
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState
 from fedsim.strategies.fedavg import FedAvg

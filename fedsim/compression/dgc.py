@@ -10,7 +10,9 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim.codec import Codec
+from fedsim.params import check_range
 from fedsim.state import ClientState, Tensors, to_record
+from fedsim.training import OptimizerConfig
 
 INDICES, VALUES, SHAPE = ".__indices__", ".__values__", ".__shape__"
 
@@ -67,22 +69,15 @@ class DeepGradientCompression(Codec):
         warmup_factor: float = 0.25,
         min_dims: int = 2,
     ) -> None:
-        if not 0 <= sparsity < 1:
-            raise ValueError(f"compression.sparsity={sparsity}: must be in [0, 1)")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"compression.momentum={momentum}: must be in [0, 1)")
-        if clip_norm is not None and not clip_norm > 0:
-            raise ValueError(f"compression.clip_norm={clip_norm}: must be > 0 (or null: no clipping)")
-        if workers < 1:
-            raise ValueError(f"compression.workers={workers}: must be >= 1")
-        if warmup_rounds < 0:
-            raise ValueError(f"compression.warmup_rounds={warmup_rounds}: must be >= 0")
-        if not 0 < warmup_start <= 1:
-            raise ValueError(f"compression.warmup_start={warmup_start}: must be in (0, 1]")
-        if not 0 < warmup_factor < 1:
-            raise ValueError(f"compression.warmup_factor={warmup_factor}: must be in (0, 1)")
-        if min_dims < 1:
-            raise ValueError(f"compression.min_dims={min_dims}: must be >= 1")
+        check_range("compression.sparsity", sparsity, 0, 1, high_open=True)
+        check_range("compression.momentum", momentum, 0, 1, high_open=True)
+        if clip_norm is not None:
+            check_range("compression.clip_norm", clip_norm, low=0, low_open=True)
+        check_range("compression.workers", workers, low=1, integer=True)
+        check_range("compression.warmup_rounds", warmup_rounds, low=0, integer=True)
+        check_range("compression.warmup_start", warmup_start, 0, 1, low_open=True)
+        check_range("compression.warmup_factor", warmup_factor, 0, 1, low_open=True, high_open=True)
+        check_range("compression.min_dims", min_dims, low=1, integer=True)
         self.density = 1.0 - sparsity
         self.momentum = momentum if momentum_correction else 0.0
         self.momentum_correction = momentum_correction
@@ -131,7 +126,7 @@ class DeepGradientCompression(Codec):
         client_state.put("dgc.residual", residual)
         return to_record(wire)
 
-    def decode(self, record: ArrayRecord, global_state: Tensors) -> Tensors:
+    def decode(self, record: ArrayRecord, global_state: Tensors, lr: float, optimizer: OptimizerConfig) -> Tensors:
         arrays = {k: a.numpy() for k, a in record.items()}
         decoded: Tensors = {}
         for key, array in arrays.items():

@@ -1,25 +1,28 @@
 """One-byte SPSA: zeroth-order local steps whose only upload is one byte per step.
 
-The perturbation of every step is regenerated from a seed derived from (run seed, round,
-client id, step), so it is never sent; the server replays the client's steps from those
-seeds and the bytes, and gets the client's model bit for bit.
+The codec supplies the one training loop's gradient estimator: per step, the perturbation z
+is regenerated from a seed derived from (run seed, round, client id, step), so it is never
+sent; the projected gradient (loss(theta + eps z) - loss(theta - eps z)) / (2 eps) is quantised
+to one byte, and the step direction is the dequantised value times z. The server replays the
+client's steps from the seeds and the bytes with the same optimizer step, and gets the
+client's model bit for bit.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
 from fedsim.codec import Codec
+from fedsim.params import check_range, check_that
 from fedsim.seeding import derive_seed
 from fedsim.state import ClientState, Tensors, to_record
-from fedsim.strategy import LocalResult, LocalTask, cross_entropy
+from fedsim.training import Batch, GradientFn, LossFn, Optimizer, OptimizerConfig, Params, clip_by_norm
 
 SEED_PURPOSE = "spsa-perturbation"
 LEVELS = 127  # codes 1..127 per sign; code 0 is "below grad_min" (and g == 0)
@@ -32,21 +35,19 @@ def as_float32(value: float) -> float:
 
 @dataclass(frozen=True)
 class SpsaHeader:
-    """The fixed 28-byte header of an SPSA message: who, when, how many steps, and the code's scale."""
+    """The fixed 24-byte header of an SPSA message: who, when, how many steps, and the code's scale."""
 
-    FORMAT = "<iiiffff"  # round, client id, steps, lr, eps, log2(grad_min), log2 step per code
+    FORMAT = "<iiifff"  # round, client id, steps, eps, log2(grad_min), log2 step per code
     round: int
     client_id: int
     steps: int
-    lr: float
     eps: float
     log2_min: float
     log2_step: float
 
     def pack(self) -> torch.Tensor:
-        raw = struct.pack(self.FORMAT, self.round, self.client_id, self.steps, self.lr, self.eps, self.log2_min, self.log2_step)
+        raw = struct.pack(self.FORMAT, self.round, self.client_id, self.steps, self.eps, self.log2_min, self.log2_step)
         return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-
     @classmethod
     def unpack(cls, array: np.ndarray) -> "SpsaHeader":
         if array.dtype != np.uint8 or array.size != struct.calcsize(cls.FORMAT):
@@ -67,31 +68,34 @@ class SpsaHeader:
         return math.copysign(2.0 ** (self.log2_min + (abs(code) - 1) * self.log2_step), code)
 
 
-def perturb(tensors: list[torch.Tensor], seed: int, scale: float) -> None:
-    """In place, tensor by tensor: t += scale * z, with z ~ N(0, I) regenerated from ``seed`` (MeZO)."""
+def direction(params: Params, seed: int) -> Params:
+    """z ~ N(0, I) for every tensor of ``params``, regenerated from ``seed`` in sorted name order (MeZO)."""
     generator = torch.Generator().manual_seed(seed)
-    for tensor in tensors:
-        z = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
-        tensor.add_(z.to(tensor.device), alpha=scale)
+    return {n: torch.randn(params[n].shape, generator=generator, dtype=params[n].dtype).to(params[n].device) for n in sorted(params)}
 
 
-def spsa_step(
-    tensors: list[torch.Tensor], seed: int, header: SpsaHeader, *, loss: Callable[[], float] | None = None, code: int = 0
-) -> int:
-    """One MeZO step in place; returns its code. Every participant runs exactly these operations.
+@dataclass
+class SpsaEstimator:
+    """The loop's gradient estimator for one client's round; ``codes`` records the byte of every step."""
 
-    The client passes ``loss`` (evaluated at theta + eps z and theta - eps z) and gets the code it
-    measured; a participant replaying the step passes the received ``code`` instead.
-    """
-    perturb(tensors, seed, header.eps)
-    loss_plus = loss() if loss else 0.0
-    perturb(tensors, seed, -2 * header.eps)
-    loss_minus = loss() if loss else 0.0
-    perturb(tensors, seed, header.eps)
-    if loss:
-        code = header.quantize((loss_plus - loss_minus) / (2 * header.eps))
-    perturb(tensors, seed, -header.lr * header.dequantize(code))
-    return code
+    codec: "OneByteSPSA"
+    header: SpsaHeader
+    codes: list[int] = field(default_factory=list)
+
+    def __call__(self, loss_fn: LossFn, params: Params, batch: Batch) -> tuple[float, Params]:
+        z = direction(params, self.codec.step_seed(self.header.round, self.header.client_id, len(self.codes)))
+        eps = self.header.eps
+        with torch.no_grad():
+            loss_plus = float(loss_fn({n: p + eps * z[n] for n, p in params.items()}, *batch))
+            loss_minus = float(loss_fn({n: p - eps * z[n] for n, p in params.items()}, *batch))
+        code = self.header.quantize((loss_plus - loss_minus) / (2 * eps))
+        self.codes.append(code)
+        return (loss_plus + loss_minus) / 2, scaled(z, self.header.dequantize(code))
+
+
+def scaled(z: Params, g: float) -> Params:
+    """The step direction of a projected gradient ``g`` along ``z``."""
+    return {n: t * g for n, t in z.items()}
 
 
 class OneByteSPSA(Codec):
@@ -100,69 +104,56 @@ class OneByteSPSA(Codec):
     memory-efficient zeroth-order SGD (Malladi et al., "Fine-Tuning Language Models with Just Forward
     Passes", NeurIPS 2023).
 
-    Each local step on a mini-batch: z from seed (run seed, round, client, step); in place
-    theta += eps z -> loss+, theta -= 2 eps z -> loss-, theta += eps z; g = (loss+ - loss-) / (2 eps);
-    g is quantized to one signed byte on a log scale over [grad_min, grad_max] (127 levels per sign,
-    |g| < grad_min -> 0, |g| > grad_max clipped); theta -= lr * g_hat * z with the dequantized g_hat.
-    The upload is a 28-byte header (round, client, steps, lr, eps, scale) plus one byte per step.
+    Each local step on a mini-batch: z from seed (run seed, round, client, step); loss+ at theta + eps z
+    and loss- at theta - eps z (theta itself is never modified, so no rounding drift);
+    g = (loss+ - loss-) / (2 eps), quantised to one signed byte on a log scale over [grad_min, grad_max]
+    (127 levels per sign, |g| < grad_min -> 0, |g| > grad_max clipped); the loop's optimizer steps
+    along g_hat·z with the dequantised g_hat. The upload is a 24-byte header (round, client, steps,
+    eps, scale) plus one byte per step. The strategy must add no gradient hooks (FedAvg, FedProx):
+    the server's replay applies only the optimizer (and its clipping).
     """
 
     def __init__(self, seed: int, eps: float = 1e-3, grad_min: float = 1e-4, grad_max: float = 1e2) -> None:
-        if not eps > 0:
-            raise ValueError(f"compression.eps={eps}: must be > 0")
-        if not grad_min > 0:
-            raise ValueError(f"compression.grad_min={grad_min}: must be > 0")
-        if not grad_max > grad_min:
-            raise ValueError(f"compression.grad_max={grad_max}: must be > compression.grad_min={grad_min}")
+        check_range("compression.eps", eps, low=0, low_open=True)
+        check_range("compression.grad_min", grad_min, low=0, low_open=True)
+        check_that("compression.grad_max", grad_max, grad_max > grad_min, f"> compression.grad_min={grad_min}")
         self.seed = int(seed)
         self.eps = eps
         self.log2_min = math.log2(grad_min)
         self.log2_step = (math.log2(grad_max) - self.log2_min) / (LEVELS - 1)
+        self.estimator: SpsaEstimator | None = None  # client side, one message's
 
     def step_seed(self, server_round: int, client_id: int, step: int) -> int:
         """The seed of the perturbation of (round, client, step): the identifier both ends share."""
         return derive_seed(self.seed, SEED_PURPOSE, server_round, client_id, step)
 
-    def local_update(self, task: LocalTask) -> LocalResult:
-        params = dict(task.model.named_parameters())
-        missing = [name for name in task.global_state if name not in params]
-        if missing:
-            raise ValueError(f"compression=spsa_one_byte perturbs parameters only; the model shares non-parameters {missing}")
-        tensors = [params[name].data for name in sorted(task.global_state)]
-        header = SpsaHeader(
-            task.round, task.client_id, 0, as_float32(task.lr), as_float32(self.eps), as_float32(self.log2_min), as_float32(self.log2_step)
-        )
-        codes: list[int] = []
-        losses: list[float] = []
-        task.model.eval()
-        with torch.no_grad():
-            for step, (x, y) in enumerate(task.batches()):
-
-                def loss(x: torch.Tensor = x, y: torch.Tensor = y) -> float:
-                    losses.append(float(cross_entropy(task.model, x, y)))
-                    return losses[-1]
-
-                codes.append(spsa_step(tensors, self.step_seed(task.round, task.client_id, step), header, loss=loss))
-        message = {"header": replace(header, steps=len(codes)).pack(), "codes": torch.tensor(codes, dtype=torch.int8)}
-        return LocalResult(message, len(task.y), {"train_loss": sum(losses) / max(len(losses), 1), "spsa_steps": len(codes)})
+    def gradient_estimator(self, server_round: int, client_id: int) -> GradientFn:
+        header = SpsaHeader(server_round, client_id, 0, as_float32(self.eps), as_float32(self.log2_min), as_float32(self.log2_step))
+        self.estimator = SpsaEstimator(self, header)
+        return self.estimator
 
     def encode(self, update: Tensors, client_state: ClientState, server_round: int) -> ArrayRecord:
-        if set(update) != {"header", "codes"}:
-            raise ValueError(f"compression=spsa_one_byte encodes its own local update, got arrays {sorted(update)}")
-        return to_record(update)
+        if self.estimator is None:
+            raise RuntimeError("compression=spsa_one_byte: encode without a training round")
+        codes = self.estimator.codes
+        header = SpsaHeader(**{**self.estimator.header.__dict__, "steps": len(codes)})
+        return to_record({"header": header.pack(), "codes": torch.tensor(codes, dtype=torch.int8)})
 
-    def rebuild(self, record: ArrayRecord, global_state: Tensors) -> Tensors:
+    def rebuild(self, record: ArrayRecord, global_state: Tensors, lr: float, optimizer: OptimizerConfig) -> Tensors:
         """The client's model after its steps, replayed from ``global_state``, the seeds and the bytes."""
         header = SpsaHeader.unpack(record["header"].numpy())
         codes = record["codes"].numpy()
         if codes.dtype != np.int8 or codes.shape != (header.steps,):
             raise ValueError(f"SPSA codes must be {header.steps} int8 bytes, got {codes.shape} {codes.dtype}")
-        model = {name: tensor.detach().clone() for name, tensor in global_state.items()}
-        tensors = [model[name] for name in sorted(model)]
-        for step, code in enumerate(codes.tolist()):
-            spsa_step(tensors, self.step_seed(header.round, header.client_id, step), header, code=code)
-        return model
+        params = {name: tensor.detach().clone() for name, tensor in global_state.items()}
+        step, state = Optimizer(optimizer), {}
+        for index, code in enumerate(codes.tolist()):
+            grads = scaled(direction(params, self.step_seed(header.round, header.client_id, index)), header.dequantize(code))
+            if optimizer.grad_clip is not None:
+                grads = clip_by_norm(grads, optimizer.grad_clip)
+            params, state = step.step(params, grads, state, lr)
+        return params
 
-    def decode(self, record: ArrayRecord, global_state: Tensors) -> Tensors:
-        model = self.rebuild(record, global_state)
+    def decode(self, record: ArrayRecord, global_state: Tensors, lr: float, optimizer: OptimizerConfig) -> Tensors:
+        model = self.rebuild(record, global_state, lr, optimizer)
         return {name: model[name] - global_state[name] for name in global_state}

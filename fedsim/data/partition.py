@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedsim.params import check_range
+
 _SALT = 7919  # separates partition draws from other uses of the same run seed
 _MAX_DIRICHLET_TRIES = 1000
 
@@ -28,13 +30,8 @@ def dirichlet(
     redrawn, at most 1000 times, until every client holds at least ``min_size`` samples.
     """
     n = _check(labels, num_clients, seed)
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
-    if min_size < 1 or min_size * num_clients > n:
-        raise ValueError(
-            f"min_size must be in [1, {n // num_clients}] for {n} samples and {num_clients} clients, "
-            f"got {min_size}"
-        )
+    check_range("partition.alpha", alpha, low=0, low_open=True)
+    check_range("partition.min_size", min_size, 1, n // num_clients, integer=True)
     rng = _rng(seed)
     by_class = _indices_by_class(labels)
     sizes = np.array([len(idx) for idx in by_class])
@@ -64,13 +61,12 @@ def shards(labels: np.ndarray, num_clients: int, seed: int, classes_per_client: 
     multiples of the shard size this is exactly McMahan's sort-and-cut.
     """
     n = _check(labels, num_clients, seed)
-    if classes_per_client < 1:
-        raise ValueError(f"classes_per_client must be >= 1, got {classes_per_client}")
+    check_range("partition.classes_per_client", classes_per_client, low=1, integer=True)
     num_shards = num_clients * classes_per_client
     by_class = _indices_by_class(labels)
     if not len(by_class) <= num_shards <= n:
         raise ValueError(
-            f"shards: num_clients * classes_per_client = {num_shards} must lie between the number "
+            f"partition.classes_per_client={classes_per_client}: num_clients * classes_per_client = {num_shards} must lie between the number "
             f"of classes ({len(by_class)}) and the number of samples ({n})"
         )
     rng = _rng(seed)

@@ -16,7 +16,7 @@ from importlib.resources import files
 import numpy as np
 import yaml
 
-from fedsim.minilm import tokenize
+from fedsim.models.minilm import tokenize
 
 _SPLIT_SEED = 2017  # fixed: the subsample and the train/test split are part of the dataset
 

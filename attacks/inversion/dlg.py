@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from fedsim.inversion import GradientInversion, InversionTarget, euclidean_distance
+from fedsim.attacks.inversion.base import GradientInversion, InversionTarget, euclidean_distance
 
 
 class DLG(GradientInversion):

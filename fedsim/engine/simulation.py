@@ -20,11 +20,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.client import build_client_app
-from fedsim.environment import Config, environment_for
-from fedsim.inline_grid import InlineGrid
+from fedsim.engine.client_app import build_client_app
+from fedsim.engine.context import Config, RunContext, build_components
+from fedsim.engine.inline_grid import InlineGrid
+from fedsim.engine.loop import FederatedServer
 from fedsim.results import RunRecorder
-from fedsim.server import FederatedServer
 from fedsim.trackers import trackers_for
 
 BACKENDS = ("inline", "ray")
@@ -38,12 +38,12 @@ def simulate(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any
         raise ValueError(f"backend.name={backend!r}; valid: {', '.join(BACKENDS)}")
     started = time.perf_counter()
     recorder = RunRecorder(out_dir, trackers_for(cfg, out_dir), resuming=bool(cfg.get("resume")))
-    server = FederatedServer(environment_for(cfg), recorder, progress)
-    client_app = build_client_app(cfg)
-    if backend == "inline":
-        run_inline(server, client_app, int(cfg["num_clients"]))
-    else:
-        run_ray(server, client_app, cfg)
+    ctx = RunContext.from_config(cfg)
+    server = FederatedServer(ctx, build_components(cfg), recorder, progress)
+    if backend == "inline":  # the frozen context is shared; the client side builds its own components
+        run_inline(server, build_client_app(cfg, ctx), ctx.num_clients)
+    else:  # every Ray actor builds its own context and components
+        run_ray(server, build_client_app(cfg), cfg)
     return server.recorder.finish({"backend": backend, "wall_s": time.perf_counter() - started})
 
 

@@ -1,4 +1,4 @@
-"""DP-SGD for clients (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016).
+"""DP-SGD for the clients of the strategies that run it (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016).
 
 Each step draws a Poisson batch (every example joins with probability ``q``), computes
 per-example gradients of the trainable parameters with ``torch.func`` (vmap over grad),
@@ -11,12 +11,13 @@ mechanism (Mironov et al., 2019), composed over all the steps a client has taken
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
+
+from fedsim.params import check_range
+from fedsim.training import Batch, GradientFn, LossFn, Params
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,11 @@ class DPConfig:
     epsilon: float | None = None
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise ValueError(f"dp.noise_multiplier={self.noise_multiplier}: must be a finite number >= 0 (0: DP off)")
-        if not (math.isfinite(self.clip) and self.clip > 0):
-            raise ValueError(f"dp.clip={self.clip}: must be a finite number > 0")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"dp.delta={self.delta}: must be in (0, 1)")
-        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise ValueError(f"dp.epsilon={self.epsilon}: must be a finite number > 0, or null")
+        check_range("dp.noise_multiplier", self.noise_multiplier, low=0)
+        check_range("dp.clip", self.clip, low=0, low_open=True)
+        check_range("dp.delta", self.delta, 0, 1, low_open=True, high_open=True)
+        if self.epsilon is not None:
+            check_range("dp.epsilon", self.epsilon, low=0, low_open=True)
 
     @property
     def enabled(self) -> bool:
@@ -77,20 +75,28 @@ def poisson_batches(n: int, sample_rate: float, steps: int, generator: torch.Gen
     return [torch.nonzero(torch.rand(n, generator=generator) < sample_rate).flatten() for _ in range(steps)]
 
 
-def per_sample_grads(
-    model: nn.Module, trainable: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Per-example cross-entropy gradients of ``trainable`` (each (B, *shape)) and the per-example losses."""
-    fixed = {n: t.detach() for n, t in [*model.named_parameters(), *model.named_buffers()] if n not in trainable}
-
-    def loss_one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, {**fixed, **params}, (xi.unsqueeze(0),))
-        return nn.functional.cross_entropy(logits, yi.unsqueeze(0))
-
-    params = {n: t.detach() for n, t in trainable.items()}
+def per_sample_grads(loss_fn: LossFn, params: Params, x: torch.Tensor, y: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """Per-example gradients of ``loss_fn`` at ``params`` (each (B, *shape)) and the per-example losses."""
+    params = {n: t.detach() for n, t in params.items()}
     if len(y) == 0:
         return {n: t.new_zeros((0, *t.shape)) for n, t in params.items()}, x.new_zeros(0, dtype=torch.float32)
+
+    def loss_one(p: Params, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return loss_fn(p, xi.unsqueeze(0), yi.unsqueeze(0))
+
     return vmap(grad_and_value(loss_one), in_dims=(None, 0, 0))(params, x, y)
+
+
+def dp_gradient(clip: float, sigma: float, expected_batch: float, generator: torch.Generator) -> GradientFn:
+    """DP-SGD's gradient estimator for the one training loop: per-example gradients clipped to
+    ``clip``, summed, Gaussian noise N(0, (sigma·clip)²) added, divided by the expected batch size."""
+
+    def gradient(loss_fn: LossFn, params: Params, batch: Batch) -> tuple[float, Params]:
+        grads, losses = per_sample_grads(loss_fn, params, *batch)
+        loss = float(losses.mean()) if len(losses) else float("nan")
+        return loss, private_gradient(grads, clip, sigma, expected_batch, generator)
+
+    return gradient
 
 
 def private_gradient(

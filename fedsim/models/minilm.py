@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim.lora import add_lora
+from fedsim.models.lora import add_lora
 
 PAD_ID = 0  # the vocabulary's [PAD]; attention masks are ``ids != PAD_ID``
 
@@ -171,7 +171,7 @@ class MiniLMClassifier(nn.Module):
     linear layers, mean pooling, and a trainable linear head.
 
     Built with ``model=minilm_lora``; ``input_shape`` is ``(max_len,)`` of the token-id inputs.
-    ``seed`` (the run seed) fixes every adapter's ``A`` (see :func:`fedsim.lora.add_lora`).
+    ``seed`` (the run seed) fixes every adapter's ``A`` (see :func:`fedsim.models.lora.add_lora`).
     """
 
     def __init__(

@@ -5,19 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedsim.attacks.gifd_generator import BlockGenerator, cached_generator
+from fedsim.attacks.inversion.base import GradientInversion, InversionTarget
+from fedsim.attacks.inversion.gifd_generator import BlockGenerator, cached_generator
 from fedsim.data import digits
-from fedsim.inversion import GradientInversion, InversionTarget
-from fedsim.state import Tensors
-from fedsim.strategy import ClientUpdate
-
-if TYPE_CHECKING:
-    from fedsim.environment import Environment
+from fedsim.privacy import DataFacts, Observation, ServerView
 
 AUX_SOURCES = ("test", "digits")
 
@@ -87,17 +83,15 @@ class GIFD(GradientInversion):
         self.aux_data, self.cache_dir = aux_data, cache_dir
         self.generator: BlockGenerator | None = None
 
-    def observe(
-        self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], env: "Environment", out_dir: Path
-    ) -> dict[str, Any]:
-        if self.generator is None and (self.rounds is None or server_round in self.rounds):
-            self.prepare_prior(env.data, env.seed)
-        return super().observe(server_round, global_state, updates, env, out_dir)
+    def observe(self, view: ServerView) -> Observation | None:
+        if self.generator is None and (self.rounds is None or view.round in self.rounds):
+            self.prepare_prior(view)
+        return super().observe(view)
 
-    def prepare_prior(self, data: Any, seed: int) -> None:
-        """Load (or train once and cache) the generator on the auxiliary images for ``data``."""
-        pixels = auxiliary_pixels(self.aux_data, data)
-        self.generator = cached_generator(pixels, self.latent_dim, self.generator_epochs, seed, Path(self.cache_dir))
+    def prepare_prior(self, view: ServerView) -> None:
+        """Load (or train once and cache) the generator on the server's auxiliary images."""
+        pixels = auxiliary_pixels(self.aux_data, view.data, view.held_out)
+        self.generator = cached_generator(pixels, self.latent_dim, self.generator_epochs, view.seed, Path(self.cache_dir))
 
     def reconstruct(self, target: InversionTarget, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.generator is None:
@@ -151,10 +145,10 @@ class GIFD(GradientInversion):
         return target.matching_objective(images, y, self.tv_weight) + self.l2_weight * images.pow(2).mean()
 
 
-def auxiliary_pixels(source: str, data: Any) -> np.ndarray:
-    """Auxiliary images in [0, 1] shaped like ``data``'s: its held-out test split, or sklearn digits resized."""
+def auxiliary_pixels(source: str, data: DataFacts, held_out: np.ndarray) -> np.ndarray:
+    """Auxiliary images in [0, 1] shaped like the task's: the server's held-out test split, or sklearn digits resized."""
     if source == "test":
-        return data.denormalise(data.x_test)
+        return data.denormalise(held_out)
     aux = digits(test_fraction=0.2)
     pixels = torch.from_numpy(aux.denormalise(np.concatenate([aux.x_train, aux.x_test])))
     c, h, w = data.input_shape

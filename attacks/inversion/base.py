@@ -6,8 +6,9 @@ epochs, batch size, number of examples). :class:`InversionTarget` packages exact
 that and offers what every attack is built from: the gradient or the simulated
 local update of candidate images, the matching distances, total variation, and the
 iDLG label rule. :class:`GradientInversion` is the observer: it picks the targeted
-clients and rounds, asks the concrete attack for a reconstruction, scores it against
-the client's true batch (known only to the simulator) and draws the PNG grid.
+clients and rounds and asks the concrete attack for a reconstruction from the server's
+public view; the engine's scoring harness (which alone holds the true batches) scores it
+and draws the PNG grid.
 """
 
 from __future__ import annotations
@@ -16,23 +17,16 @@ import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.data import ImageData
-from fedsim.privacy import PrivacyAttack
-from fedsim.reconstruction_scores import save_grid, score_batch
+from fedsim.params import check_choice, check_range
+from fedsim.privacy import DataFacts, Observation, PrivacyAttack, Reconstruction, ServerView
 from fedsim.seeding import torch_generator
 from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate
-
-if TYPE_CHECKING:
-    from fedsim.environment import Environment
 
 LABEL_SOURCES = ("infer", "known")
 
@@ -62,7 +56,7 @@ class InversionTarget:
         cls,
         model: nn.Module,
         update: Tensors,
-        data: ImageData,
+        data: DataFacts,
         lr: float,
         local_epochs: int,
         batch_size: int,
@@ -204,10 +198,8 @@ class GradientInversion(PrivacyAttack):
         max_images: int = 8,
         labels: str = "infer",
     ) -> None:
-        if max_images < 1:
-            raise ValueError(f"privacy_attack.max_images={max_images}: must be >= 1")
-        if labels not in LABEL_SOURCES:
-            raise ValueError(f"privacy_attack.labels={labels!r}: must be one of {', '.join(LABEL_SOURCES)}")
+        check_range("privacy_attack.max_images", max_images, low=1, integer=True)
+        check_choice("privacy_attack.labels", labels, LABEL_SOURCES)
         self.rounds = None if rounds is None else set(rounds)
         self.clients = None if clients is None else set(clients)
         self.max_images = max_images
@@ -217,51 +209,37 @@ class GradientInversion(PrivacyAttack):
     def reconstruct(self, target: InversionTarget, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reconstructed (normalised images, labels) of the target's batch; ``labels`` when known."""
 
-    def observe(
-        self,
-        server_round: int,
-        global_state: Tensors,
-        updates: list[ClientUpdate],
-        env: "Environment",
-        out_dir: Path,
-    ) -> dict[str, Any]:
-        if self.rounds is not None and server_round not in self.rounds:
-            return {}
-        chosen = [u for u in updates if self.clients is None or u.client_id in self.clients]
-        results = {str(u.client_id): self.attack_client(server_round, global_state, u, env, out_dir) for u in chosen}
-        if not results:
-            return {}
-        scored = [r for r in results.values() if "psnr" in r]
-        means = {k: float(np.mean([r[k] for r in scored])) for k in ("psnr", "ssim", "mse", "label_acc")} if scored else {}
-        return {"privacy": {"attack": type(self).__name__, **means, "clients": results}}
+    def observe(self, view: ServerView) -> Observation | None:
+        if self.rounds is not None and view.round not in self.rounds:
+            return None
+        observation = Observation()
+        for update in view.updates:
+            if self.clients is None or update.client_id in self.clients:
+                self.attack_client(view, update, observation)
+        return observation
 
-    def attack_client(
-        self, server_round: int, global_state: Tensors, update: ClientUpdate, env: "Environment", out_dir: Path
-    ) -> dict[str, Any]:
-        """Reconstruct one client's batch from its update, score it, draw the grid."""
-        x_true, y_true = env.client_data(update.client_id)
-        if len(y_true) > self.max_images:
-            return {"skipped": f"{len(y_true)} examples > privacy_attack.max_images={self.max_images}"}
+    def attack_client(self, view: ServerView, update: ClientUpdate, observation: Observation) -> None:
+        """Reconstruct one client's batch from its upload (or note why not)."""
+        if update.num_examples > self.max_images:
+            observation.notes[update.client_id] = {"skipped": f"{update.num_examples} examples > privacy_attack.max_images={self.max_images}"}
+            return
         target = InversionTarget.from_update(
-            env.strategy.attack_model(global_state, env.new_model),
+            view.attack_model(),
             update.update,
-            env.data,
-            lr=float(env.strategy.configure_round(server_round).get("lr", env.cfg["lr"])),
-            local_epochs=int(env.cfg["local_epochs"]),
-            batch_size=int(env.cfg["batch_size"]),
-            num_images=len(y_true),
-            generator=torch_generator(env.seed, "privacy-attack", server_round, update.client_id),
+            view.data,
+            lr=view.lr,
+            local_epochs=view.local_epochs,
+            batch_size=view.batch_size,
+            num_images=update.num_examples,
+            generator=torch_generator(view.seed, "privacy-attack", view.round, update.client_id),
         )
         if not target.update:
-            return {"skipped": "the update holds none of the model's parameters"}
+            observation.notes[update.client_id] = {"skipped": "the update holds none of the model's parameters"}
+            return
         try:
-            x_rec, y_rec = self.reconstruct(target, y_true if self.labels == "known" else None)
+            labels = view.granted_labels(update.client_id) if self.labels == "known" else None
+            images, guessed = self.reconstruct(target, labels)
         except LabelInferenceError as exc:
-            return {"skipped": f"{exc}; use privacy_attack.labels=known"}
-        x_rec = torch.nan_to_num(x_rec)  # a diverged attack is scored as what it produced
-        true_px, rec_px = (env.data.denormalise(x.detach().cpu().numpy()) for x in (x_true, x_rec))
-        scores = score_batch(true_px, y_true.cpu().numpy(), rec_px, y_rec.cpu().numpy())
-        name = type(self).__name__
-        save_grid(true_px, rec_px, out_dir / f"privacy_{name}_round{server_round}_client{update.client_id}.png",
-                  f"{name}, round {server_round}, client {update.client_id}: {scores['psnr']:.1f} dB")
-        return scores
+            observation.notes[update.client_id] = {"skipped": f"{exc}; use privacy_attack.labels=known"}
+            return
+        observation.reconstructions.append(Reconstruction(update.client_id, images, guessed))

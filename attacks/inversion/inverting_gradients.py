@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from fedsim.inversion import GradientInversion, InversionTarget
+from fedsim.attacks.inversion.base import GradientInversion, InversionTarget
 
 
 class InvertingGradients(GradientInversion):

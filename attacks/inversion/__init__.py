@@ -1,0 +1,1 @@
+"""Gradient-inversion privacy attacks (DLG, iDLG, Inverting Gradients, GIFD) run by an honest-but-curious server."""

@@ -1,0 +1,117 @@
+"""After-round callbacks: central evaluation, privacy observers, results on disk, checkpoints.
+
+Each callback gets the finished :class:`RoundResult` and the round's record, adds its fields
+to the record or writes something, in the order the engine lists them. Observers see only
+the public :class:`~fedsim.privacy.ServerView`; the harness scores what they return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from flwr.app import ArrayRecord
+
+from fedsim.checkpoint import Checkpoint, CheckpointStore
+from fedsim.engine.context import Components, RunContext
+from fedsim.engine.harness import Truth, score_models, score_privacy
+from fedsim.privacy import DataFacts, ServerView
+from fedsim.results import RunRecorder
+from fedsim.state import ClientState, Tensors, from_record
+from fedsim.strategy import ClientUpdate
+
+
+@dataclass
+class RoundResult:
+    """Everything one round produced, for the callbacks."""
+
+    round: int
+    start_state: Tensors  # the global state the round started from
+    global_state: Tensors  # the new global state
+    updates: list[ClientUpdate]  # accepted (after the server-side adversary), before screening
+    client_states: dict[int, dict[str, ArrayRecord]] = field(default_factory=dict)
+
+
+class Callback(Protocol):
+    def after_round(self, result: RoundResult, record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class CentralEvaluation:
+    """Test metrics of the strategy's scored models (the honest clients' mean for per-client models)."""
+
+    ctx: RunContext
+    parts: Components
+    truth: Truth
+
+    def after_round(self, result: RoundResult, record: dict[str, Any]) -> None:
+        device = str(self.ctx.device)
+        states = {cid: ClientState(entries, device) for cid, entries in result.client_states.items()}
+        record.update(score_models(self.ctx, self.parts.strategy, self.parts.attack, self.truth, result.global_state, states))
+
+
+@dataclass
+class PrivacyObservers:
+    """The honest-but-curious server's observer, given the public view; the harness scores its output."""
+
+    ctx: RunContext
+    parts: Components
+    out_dir: Path
+
+    def after_round(self, result: RoundResult, record: dict[str, Any]) -> None:
+        ctx, strategy = self.ctx, self.parts.strategy
+        data = ctx.data
+        view = ServerView(
+            round=result.round,
+            seed=ctx.seed,
+            global_state=result.start_state,
+            updates=result.updates,
+            lr=float(strategy.configure_round(result.round).get("lr", ctx.cfg["lr"])),
+            local_epochs=int(ctx.cfg["local_epochs"]),
+            batch_size=int(ctx.cfg["batch_size"]),
+            data=DataFacts(tuple(data.input_shape), int(data.num_classes), tuple(getattr(data, "mean", ())), tuple(getattr(data, "std", ()))),
+            attack_model=lambda: strategy.attack_model(result.start_state, ctx.new_model),
+            held_out=data.x_test,
+            granted_labels=lambda client_id: ctx.client_data(client_id)[1],
+            device=ctx.device,
+        )
+        observation = self.parts.privacy.observe(view)
+        if observation is not None:
+            record.update(score_privacy(ctx, type(self.parts.privacy).__name__, result.round, observation, self.out_dir))
+
+
+@dataclass
+class Recording:
+    """Appends the record to rounds.jsonl (and the trackers)."""
+
+    recorder: RunRecorder
+
+    def after_round(self, result: RoundResult, record: dict[str, Any]) -> None:
+        self.recorder.record(record)
+
+
+@dataclass
+class Checkpointing:
+    """Every ``every`` rounds and after the last: everything the next rounds depend on, written atomically."""
+
+    store: CheckpointStore
+    fingerprint: str
+    parts: Components
+    recorder: RunRecorder
+    every: int
+    last_round: int
+
+    def after_round(self, result: RoundResult, record: dict[str, Any]) -> None:
+        if not self.every or (result.round % self.every and result.round != self.last_round):
+            return
+        self.store.save(
+            Checkpoint(
+                round=result.round,
+                fingerprint=self.fingerprint,
+                global_state=result.global_state,
+                client_states={cid: {k: from_record(v) for k, v in s.items()} for cid, s in result.client_states.items()},
+                components={kind: c.state_dict() for kind, c in self.parts.by_kind().items()},
+                records=list(self.recorder.records),
+            )
+        )

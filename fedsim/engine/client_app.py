@@ -1,0 +1,123 @@
+"""The client side of a round, as a Flower ClientApp (docs/architecture.md, "Client side").
+
+Per message: the payload (model arrays, round config, per-client extras, the client's hosted
+state) -> the client's data, poisoned if this client is malicious -> local training through
+the strategy -> the update transforms in order (poisoning, then the codec's encode) -> a reply
+holding only what a real client sends: the encoded update, its example count and its metrics.
+
+Every message runs on fresh copies of the client-side components, so a component that changes
+itself while training cannot carry anything to the next client: inline and Ray, with any
+number of workers, compute the same thing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+
+from fedsim.engine.context import Components, Config, RunContext, build_components
+from fedsim.seeding import torch_generator
+from fedsim.state import ClientState, from_record, state_entries
+from fedsim.strategy import LocalTask, model_holding
+from fedsim.training import OptimizerConfig
+
+
+def partition_id(context: Context) -> int:
+    """The client id (partition) this Flower node plays."""
+    return int(context.node_config["partition-id"])
+
+
+@dataclass
+class ClientSide:
+    """What a client process holds for a run: the frozen context and templates of its components."""
+
+    context: RunContext
+    templates: Components
+    optimizer: OptimizerConfig
+
+    @classmethod
+    def build(cls, cfg: Config, context: RunContext | None = None) -> "ClientSide":
+        return cls(context or RunContext.from_config(cfg), build_components(cfg), OptimizerConfig(**cfg["optimizer"]))
+
+    def fresh(self) -> Components:
+        """Copies of the component templates for one message."""
+        return copy.deepcopy(self.templates)
+
+
+# The only per-process slot of the engine: a Ray actor (whose ClientApp Flower re-creates for
+# every message) builds its ClientSide once per run and finds it here.
+_CLIENT_SIDES: dict[str, ClientSide] = {}
+
+
+def client_side_for(cfg: Config, context: RunContext | None = None) -> ClientSide:
+    key = json.dumps(cfg, sort_keys=True, default=str)
+    if key not in _CLIENT_SIDES:
+        _CLIENT_SIDES.clear()
+        _CLIENT_SIDES[key] = ClientSide.build(cfg, context)
+    return _CLIENT_SIDES[key]
+
+
+def run_local_round(side: ClientSide, message: Message, client_id: int) -> Message:
+    """One client's work for one round; returns the reply message."""
+    ctx, parts = side.context, side.fresh()
+    cfg, device = ctx.cfg, str(ctx.device)
+    torch.set_num_threads(int(cfg["backend"]["client_threads"]))
+    round_config = dict(message.content["config"])
+    server_round = int(round_config.pop("round"))
+    payload = from_record(message.content["arrays"], device)
+    extra = from_record(message.content["extra"], device) if "extra" in message.content else {}
+    attack = parts.attack.for_client(client_id, ctx.num_clients, ctx.seed)
+
+    x, y = ctx.client_data(client_id)
+    if attack is not None:
+        x, y = attack.poison_data(x, y, torch_generator(ctx.seed, "data-attack", server_round, client_id))
+    client_state = ClientState(state_entries(message.content), device)
+    task = LocalTask(
+        round=server_round,
+        client_id=client_id,
+        model=model_holding(payload, ctx.new_model),
+        global_state=payload,
+        x=x,
+        y=y,
+        lr=float(round_config.pop("lr", cfg["lr"])),
+        local_epochs=int(cfg["local_epochs"]),
+        batch_size=int(cfg["batch_size"]),
+        generator=torch_generator(ctx.seed, "train", server_round, client_id, device=device),
+        client_state=client_state,
+        optimizer=side.optimizer,
+        config=round_config,
+        extra=extra,
+        gradient=parts.codec.gradient_estimator(server_round, client_id),
+    )
+    result = parts.strategy.local_update(task)
+    update = result.update
+    if attack is not None:
+        update = attack.poison_update(update, torch_generator(ctx.seed, "update-attack", server_round, client_id))
+    encoded: ArrayRecord = parts.codec.encode(update, client_state, server_round)
+    metrics = {"num_examples": result.num_examples, **result.metrics}
+    content = RecordDict({"update": encoded, "metrics": MetricRecord(metrics), **client_state.entries()})
+    return Message(content, reply_to=message)
+
+
+def build_client_app(cfg: Config, context: RunContext | None = None) -> ClientApp:
+    """A ClientApp running fedsim's client pipeline for the resolved config ``cfg``.
+
+    ``context``: the run context to share (in-process backends); a Ray actor builds its own.
+    """
+    app = ClientApp()
+
+    @app.query()
+    def identify(message: Message, context_: Context) -> Message:
+        return Message(RecordDict({"identity": ConfigRecord({"partition_id": partition_id(context_)})}), reply_to=message)
+
+    @app.train()
+    def train(message: Message, context_: Context) -> Message:
+        return run_local_round(client_side_for(cfg, context), message, partition_id(context_))
+
+    return app

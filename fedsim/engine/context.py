@@ -1,0 +1,159 @@
+"""The run context: what every process of a run knows, built once from the resolved config.
+
+A :class:`RunContext` is frozen: the dataset (read-only arrays), the partition, the model
+factory, the device, the seed and the run-wide facts. It is passed explicitly to whoever
+needs it. Components (strategy, attack, codec, defense, privacy observer) are *not* part of
+it: each side of the protocol builds its own with :func:`build_components`, so the server
+and the clients never share a component object, on any backend (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from fedsim.attack import Attack
+from fedsim.codec import Codec
+from fedsim.data import ImageData, TextData
+from fedsim.defense import Defense
+from fedsim.params import ParamError
+from fedsim.privacy import PrivacyAttack
+from fedsim.seeding import derive_seed
+from fedsim.strategy import Strategy
+
+Config = dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name}: CUDA is not available on this machine; use device=cpu")
+    return torch.device(name)
+
+
+class ModelFactory:
+    """Fresh models in the run's initial state: built once per process (Hydra instantiation and
+    seeded initialisation cost a few ms), then copied; every call returns an independent module."""
+
+    def __init__(self, node: Config, input_shape: tuple[int, ...], num_classes: int, seed: int, device: torch.device) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "model-init"))
+            model = instantiate(node, input_shape=input_shape, num_classes=num_classes)
+        self._template = model.to(device)
+
+    def __call__(self) -> nn.Module:
+        return copy.deepcopy(self._template)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The frozen facts of one run: resolved config, data, partition, model factory, device, seed."""
+
+    cfg: Config
+    data: ImageData | TextData
+    partitions: tuple[np.ndarray, ...]
+    device: torch.device
+    new_model: ModelFactory = field(repr=False)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "RunContext":
+        data = instantiate(cfg["dataset"])
+        for array in (data.x_train, data.y_train, data.x_test, data.y_test):
+            array.setflags(write=False)
+        partitions = instantiate(cfg["partition"])(labels=data.y_train, num_clients=cfg["num_clients"], seed=cfg["seed"])
+        device = resolve_device(cfg["device"])
+        for part in partitions:
+            part.setflags(write=False)
+        factory = ModelFactory(cfg["model"], data.input_shape, data.num_classes, int(cfg["seed"]), device)
+        return cls(cfg=copy.deepcopy(cfg), data=data, partitions=tuple(partitions), device=device, new_model=factory)
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg["seed"])
+
+    @property
+    def num_clients(self) -> int:
+        return int(self.cfg["num_clients"])
+
+    @property
+    def rounds(self) -> int:
+        return int(self.cfg["rounds"])
+
+    def partition_size(self, client_id: int) -> int:
+        """How many training examples client ``client_id`` truly holds (the simulator's own count)."""
+        return len(self.partitions[client_id])
+
+    def client_data(self, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The client's training split, as tensors on the run's device."""
+        idx = self.partitions[client_id]
+        return self._tensor(self.data.x_train[idx]), self._tensor(self.data.y_train[idx])
+
+    def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The central test split, as tensors on the run's device."""
+        return self._tensor(self.data.x_test), self._tensor(self.data.y_test)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(array)).to(self.device)
+
+
+def _build(node: Config, expected: type, group: str) -> Any:
+    obj = instantiate(node, _convert_="all")
+    if not isinstance(obj, expected):
+        raise TypeError(f"{group}._target_={node.get('_target_')}: not a {expected.__module__}.{expected.__name__}")
+    return obj
+
+
+@dataclass
+class Components:
+    """One side's own instances of the run's components (never shared between server and clients)."""
+
+    strategy: Strategy
+    attack: Attack
+    codec: Codec
+    defense: Defense
+    privacy: PrivacyAttack
+
+    def by_kind(self) -> dict[str, Any]:
+        """The components by kind, as checkpoints name them."""
+        return {"strategy": self.strategy, "attack": self.attack, "codec": self.codec, "defense": self.defense, "privacy": self.privacy}
+
+
+def build_components(cfg: Config) -> Components:
+    """Fresh component instances from the config's ``_target_`` nodes, checked to fit together."""
+    parts = Components(
+        strategy=_build(cfg["strategy"], Strategy, "strategy"),
+        attack=_build(cfg["attack"], Attack, "attack"),
+        codec=_build(cfg["compression"], Codec, "compression"),
+        defense=_build(cfg["defense"], Defense, "defense"),
+        privacy=_build(cfg["privacy_attack"], PrivacyAttack, "privacy_attack"),
+    )
+    if parts.defense.combiner() is not None and not parts.strategy.robust_combine_ok:
+        strategy, defense = (cfg[k].get("_target_", "?").rsplit(".", 1)[-1] for k in ("strategy", "defense"))
+        raise ParamError(
+            f"defense._target_={cfg['defense'].get('_target_')}: {defense} replaces the aggregation rule, and {strategy} "
+            "is a robust rule of its own; use a screening defense (mudhog, krum, multi_krum) or defense=none"
+        )
+    return parts
+
+
+class Run:
+    """A run's context plus one side's components, for scripts and tests that drive parts directly
+    (``run.new_model()``, ``run.strategy``...); the engine itself passes the two explicitly."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.ctx = RunContext.from_config(cfg)
+        self.parts = build_components(cfg)
+
+    def __getattr__(self, name: str) -> Any:
+        for holder in ("ctx", "parts"):
+            if hasattr(self.__dict__[holder], name):
+                return getattr(self.__dict__[holder], name)
+        raise AttributeError(name)

@@ -1,0 +1,94 @@
+"""Collecting one round's replies: decode, validate, refuse (docs/architecture.md, "Server side").
+
+A reply is checked against what the simulator itself knows, never against what the client
+claims about itself: the upload's array names, shapes, dtypes and finiteness, an optional
+norm bound, and the claimed example count against the client's true partition size. The
+upload's size on the wire is measured here, not taken from the client. Refusals are logged
+and recorded with their reason; a refused reply is never aggregated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Message
+
+from fedsim.codec import Codec
+from fedsim.engine.context import RunContext
+from fedsim.state import ArrayRecordMap, Tensors, state_entries
+from fedsim.strategy import ClientUpdate
+from fedsim.training import OptimizerConfig
+from fedsim.validation import update_problem
+
+log = logging.getLogger("fedsim")
+
+
+@dataclass
+class Collected:
+    """One round's replies, sorted into accepted updates and refusals."""
+
+    updates: list[ClientUpdate] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    bytes_up: dict[int, int] = field(default_factory=dict)  # measured wire bytes of each reply's update
+
+    def fail(self, server_round: int, client_id: int, reason: str) -> None:
+        log.warning("round %d: client %d failed: %s", server_round, client_id, reason)
+        self.failures.append({"client": client_id, "reason": reason})
+
+    def reject(self, server_round: int, client_id: int, reason: str) -> None:
+        log.warning("round %d: rejected client %d: %s", server_round, client_id, reason)
+        self.rejected.append({"client": client_id, "reason": reason})
+
+
+def dense_upload_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Bytes of an upload of these shapes sent uncompressed as float32: the reference for the compression ratio."""
+    return sum(4 * math.prod(shape) for shape in shapes.values())
+
+
+def collect(
+    ctx: RunContext,
+    codec: Codec,
+    server_round: int,
+    replies: list[tuple[int, Message]],
+    global_state: Tensors,
+    expected: dict[str, tuple[int, ...]],
+    lr: float,
+    optimizer: OptimizerConfig,
+    client_states: ArrayRecordMap,
+) -> Collected:
+    """Decode and validate ``(client id, reply)`` pairs in client order; hosted client states are updated in place."""
+    got = Collected()
+    max_norm = ctx.cfg.get("max_update_norm")
+    for cid, reply in sorted(replies, key=lambda pair: pair[0]):
+        if reply.has_error():
+            got.fail(server_round, cid, reply.error.reason)
+            continue  # a failed round leaves the client's state as it was
+        client_states[cid] = state_entries(reply.content)
+        try:
+            metrics = dict(reply.content["metrics"])
+            num_examples = metrics.pop("num_examples")
+            record = reply.content["update"]
+            got.bytes_up[cid] = codec.wire_bytes(record)
+            update = codec.decode(record, global_state, lr, optimizer)
+        except Exception as exc:  # a malformed reply must not stop the round
+            problem = f"undecodable reply: {type(exc).__name__}: {exc}"
+        else:
+            problem = update_problem(update, expected, max_norm) or count_problem(num_examples, ctx.partition_size(cid))
+        if problem is not None:
+            got.reject(server_round, cid, problem)
+            continue
+        got.updates.append(ClientUpdate(cid, update, int(num_examples), {k: float(v) for k, v in metrics.items()}))
+    return got
+
+
+def count_problem(claimed: Any, true_size: int) -> str | None:
+    """Why a claimed example count is refused: not a positive integer, or above the client's true partition."""
+    if isinstance(claimed, bool) or not isinstance(claimed, (int, float)) or not math.isfinite(claimed) or claimed != int(claimed) or claimed <= 0:
+        return f"num_examples={claimed} is not a positive integer"
+    if claimed > true_size:
+        return f"num_examples={int(claimed)} exceeds the client's partition of {true_size} examples"
+    return None

@@ -1,0 +1,213 @@
+"""The one local training loop every strategy trains through (docs/architecture.md, "Training").
+
+Written in functional form: the trained parameters are a dict of tensors, the model is
+called with :func:`torch.func.functional_call`, and the optimizer is a pure function of
+(parameters, gradients, state), so the same loop can later run a whole cohort under
+``torch.func.vmap``. A strategy contributes what makes it different:
+
+- ``loss_fn(params, x, y)``: the loss of a mini-batch (default: the model's cross-entropy);
+- ``loss_terms``: extra terms of the parameters alone (FedProx's proximal term);
+- ``gradient``: how a step's gradient is estimated (autograd; SAM's ascent; DP-SGD's
+  per-example clip + noise; a zeroth-order SPSA projection);
+- ``grad_hooks``: per-step changes of the gradient before clipping (FedSpeed's correction,
+  HyperFL's per-group clipping).
+
+Per step: loss and gradient from ``gradient``; each hook in order; global-norm clipping at
+``optimizer.grad_clip``; the optimizer step (weight decay is added there, after clipping,
+as ``torch.optim`` does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fedsim.params import check_choice, check_range, check_that
+
+Params = dict[str, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[Params, torch.Tensor, torch.Tensor], torch.Tensor]
+GradientFn = Callable[[LossFn, Params, Batch], tuple[float, Params]]
+GradHook = Callable[[Params, Params], Params]
+LossTerm = Callable[[Params], torch.Tensor]
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The ``optimizer`` config group: SGD (momentum, dampening, Nesterov) or Adam, with decoupled-from-
+    clipping weight decay and an optional global gradient-norm clip. Semantics follow ``torch.optim``:
+    L2 weight decay is added to the gradient inside the step; momentum buffers start at zero."""
+
+    name: str = "sgd"
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer.name", self.name, OPTIMIZERS)
+        check_range("optimizer.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        check_range("optimizer.dampening", self.dampening, low=0.0, high=1.0)
+        check_range("optimizer.weight_decay", self.weight_decay, low=0.0)
+        check_range("optimizer.eps", self.eps, low=0.0, low_open=True)
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        for i, beta in enumerate(self.betas):
+            check_range(f"optimizer.betas[{i}]", beta, low=0.0, high=1.0, high_open=True)
+        if self.grad_clip is not None:
+            check_range("optimizer.grad_clip", self.grad_clip, low=0.0, low_open=True)
+        if self.nesterov:
+            check_that("optimizer.nesterov", self.nesterov, self.momentum > 0 and self.dampening == 0, "false unless momentum > 0 and dampening = 0")
+
+    def replace(self, **changes: object) -> "OptimizerConfig":
+        """This config with some fields changed (a strategy's own defaults over the run's)."""
+        return OptimizerConfig(**{**self.__dict__, **changes})
+
+
+class Optimizer:
+    """A functional optimizer: ``step(params, grads, state, lr) -> (params, state)``, no in-place change."""
+
+    def __init__(self, config: OptimizerConfig) -> None:
+        self.config = config
+
+    def step(self, params: Params, grads: Params, state: Params, lr: float) -> tuple[Params, Params]:
+        c = self.config
+        new_params, new_state = {}, dict(state)
+        if c.name == "adam":
+            count = state.get("adam.step", torch.zeros(())) + 1
+            new_state["adam.step"] = count
+        for name, p in params.items():
+            g = grads[name]
+            if c.weight_decay:
+                g = g.add(p, alpha=c.weight_decay)
+            if c.name == "sgd":
+                if c.momentum:
+                    buf = state.get(f"momentum.{name}", torch.zeros_like(p)).mul(c.momentum).add(g, alpha=1 - c.dampening)
+                    new_state[f"momentum.{name}"] = buf
+                    g = g.add(buf, alpha=c.momentum) if c.nesterov else buf
+                new_params[name] = p.add(g, alpha=-lr)
+            else:
+                b1, b2 = c.betas
+                m = state.get(f"adam.m.{name}", torch.zeros_like(p)).mul(b1).add(g, alpha=1 - b1)
+                v = state.get(f"adam.v.{name}", torch.zeros_like(p)).mul(b2).addcmul(g, g, value=1 - b2)
+                new_state[f"adam.m.{name}"], new_state[f"adam.v.{name}"] = m, v
+                t = float(count)
+                denom = (v / (1 - b2**t)).sqrt().add(c.eps)
+                new_params[name] = p.addcdiv(m, denom, value=-lr / (1 - b1**t))
+        return new_params, new_state
+
+
+def model_loss(model: nn.Module) -> LossFn:
+    """Cross-entropy of ``model`` (in training mode) called with the given parameters (its other tensors as they are)."""
+    model.train()
+    fixed = {n: t.detach() for n, t in [*model.named_parameters(), *model.named_buffers()]}
+
+    def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, {**fixed, **params}, (x,)), y)
+
+    return loss
+
+
+def autograd_gradient(loss_fn: LossFn, params: Params, batch: Batch) -> tuple[float, Params]:
+    """The plain gradient of the mini-batch loss (the default estimator)."""
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    loss = loss_fn(leaves, *batch)
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return float(loss.detach()), {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(leaves.items(), grads)}
+
+
+def global_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of all tensors together."""
+    return torch.sqrt(sum(t.pow(2).sum() for t in tensors))
+
+
+def clip_by_norm(grads: Params, max_norm: float) -> Params:
+    """Scale ``grads`` so their global norm is at most ``max_norm`` (``torch.nn.utils.clip_grad_norm_``'s rule)."""
+    scale = min(1.0, max_norm / (float(global_norm(grads.values())) + 1e-6))
+    return grads if scale == 1.0 else {n: g * scale for n, g in grads.items()}
+
+
+@dataclass
+class TrainOutcome:
+    """What a training run produced: the final parameters, the optimizer state, the mean loss, the step count."""
+
+    params: Params
+    state: Params
+    mean_loss: float
+    steps: int
+
+
+@dataclass
+class LocalTraining:
+    """One local training run: the strategy's contributions to the loop (see the module docstring)."""
+
+    loss_fn: LossFn
+    optimizer: OptimizerConfig
+    lr: float
+    gradient: GradientFn = autograd_gradient
+    loss_terms: Sequence[LossTerm] = ()
+    grad_hooks: Sequence[GradHook] = ()
+    state: Params = field(default_factory=dict)
+
+    def run(self, params: Params, batches: Iterable[Batch]) -> TrainOutcome:
+        """Train ``params`` over ``batches``; nothing outside the returned outcome changes."""
+        optimizer = Optimizer(self.optimizer)
+        loss_fn = self.total_loss()
+        params = {n: p.detach() for n, p in params.items()}
+        state, total, steps = dict(self.state), 0.0, 0
+        for batch in batches:
+            loss, grads = self.gradient(loss_fn, params, batch)
+            for hook in self.grad_hooks:
+                grads = hook(params, grads)
+            if self.optimizer.grad_clip is not None:
+                grads = clip_by_norm(grads, self.optimizer.grad_clip)
+            with torch.no_grad():
+                params, state = optimizer.step(params, grads, state, self.lr)
+            total += loss
+            steps += 1
+        return TrainOutcome(params, state, total / steps if steps else math.nan, steps)
+
+    def total_loss(self) -> LossFn:
+        if not self.loss_terms:
+            return self.loss_fn
+
+        def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.loss_fn(params, x, y) + sum(term(params) for term in self.loss_terms)
+
+        return loss
+
+
+def shuffled_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, epochs: int, generator: torch.Generator
+) -> Iterable[Batch]:
+    """Shuffled mini-batches over ``epochs`` epochs, the order drawn from ``generator``."""
+    n = len(y)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx]
+
+
+def sam_gradient(rho: float, alpha: float = 1.0) -> GradientFn:
+    """Sharpness-aware gradient (Foret et al., ICLR 2021): g1 at w, ascent e = rho·g1/||g1||,
+    g2 at w + e; returns the loss at w and (1 - alpha)·g1 + alpha·g2 (alpha = 1: plain SAM)."""
+
+    def gradient(loss_fn: LossFn, params: Params, batch: Batch) -> tuple[float, Params]:
+        loss, plain = autograd_gradient(loss_fn, params, batch)
+        scale = rho / (float(global_norm(plain.values())) + 1e-7)
+        _, perturbed = autograd_gradient(loss_fn, {n: p + plain[n] * scale for n, p in params.items()}, batch)
+        if alpha == 1.0:
+            return loss, perturbed
+        return loss, {n: (1 - alpha) * plain[n] + alpha * perturbed[n] for n in params}
+
+    return gradient
