@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import importlib
 import textwrap
+from typing import ClassVar
 
 import pytest
 
 from conftest import metrics_only
+from fedsim.attack import SelectedClientsAttack
 
 
 def test_inline_run_writes_results_and_learns(run_sim):
@@ -88,3 +91,26 @@ def test_ray_backend_matches_inline(run_sim, client_cpus):
     _, inline, _ = run_sim(*common)
     _, ray, _ = run_sim(*common, "backend=ray", f"backend.client_cpus={client_cpus}", "backend.num_cpus=2")
     assert metrics_only(ray) == metrics_only(inline)
+
+
+class NegatedMean(SelectedClientsAttack):
+    """A trivial omniscient attacker for the server-side adversary slot: its clients upload -mean(honest)."""
+
+    name = "negated_mean"
+    seen: ClassVar[list[tuple[int, int]]] = []
+
+    def forge(self, server_round, honest, malicious):
+        type(self).seen.append((len(honest), len(malicious)))
+        mean = {k: sum(h[k] for h in honest) / len(honest) for k in honest[0]}
+        return [{k: -v for k, v in mean.items()} for _ in malicious]
+
+
+def test_server_side_adversary_sees_the_honest_updates_and_writes_the_malicious_ones(run_sim):
+    common = ("num_clients=4", "clients_per_round=4", "rounds=2")
+    _, clean, _ = run_sim(*common)
+    _, attacked, _ = run_sim(*common, "attack._target_=tests.test_engine.NegatedMean", "+attack.count=1")
+    seen = importlib.import_module("tests.test_engine").NegatedMean.seen  # the class Hydra instantiated
+    assert seen == [(3, 1), (3, 1)]  # every round: 3 honest updates seen, 1 upload written
+    roles = [c["role"] for c in attacked[0]["clients"].values()]
+    assert roles.count("malicious") == 1 and attacked[0]["clients_aggregated"] == 4
+    assert attacked[-1]["test_loss"] > clean[-1]["test_loss"]  # the forged upload pulls against the honest mean
