@@ -21,7 +21,7 @@ from fedsim.evaluation import evaluate_for_labels
 from fedsim.models import MLP
 from fedsim.seeding import torch_generator
 from fedsim.engine.simulation import simulate
-from fedsim.state import STATE_PREFIX, ClientState, Tensors
+from fedsim.state import STATE_PREFIX, ClientState, Tensors, to_record
 from fedsim.strategies.hyperfl import EMBEDDING, LABELS_KEY, PRIVATE_KEY, HyperFL
 from fedsim.strategy import LocalTask
 
@@ -190,3 +190,23 @@ def test_hyperfl_inversion_observer_attacks_the_hypernetwork_update(run_sim) -> 
     _, inferred, _ = run_sim(*common)
     reasons = [c["skipped"] for c in inferred[0]["privacy"]["clients"].values()]
     assert reasons and all("cannot infer labels; use privacy_attack.labels=known" in r for r in reasons)
+
+
+def test_hyperfl_attack_metrics_are_measured_on_the_personal_models(tmp_path: Path) -> None:
+    """Fails on the code of before the redesign, which loaded HyperFL's hypernetwork-only global state into the
+    plain model (strict=False: nothing loaded) and measured the attack on an untrained network."""
+    from fedsim.attacks.poisoning.label_flip import LabelFlip
+    from fedsim.engine.harness import Truth, score_models
+
+    cfg = make_config(*HYPERFL, "rounds=2", "checkpoint_every=2", "attack=label_flip", "attack.fraction=null", "attack.count=1")
+    simulate(cfg, tmp_path, progress=False)
+    record = read_rounds(tmp_path)[-1]
+    run = Run(cfg)
+    assert isinstance(run.attack, LabelFlip)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "round_000002.pt", weights_only=False)
+    states = {cid: ClientState({k: to_record(v) for k, v in s.items()}) for cid, s in checkpoint["client_states"].items()}
+    expected = score_models(run.ctx, run.strategy, run.attack, Truth.of(run.attack, 3, run.seed), checkpoint["global_state"], states)
+    assert record["source_recall"] == expected["source_recall"] and record["eval_clients"] == 2
+    x, y = run.test_data()
+    untrained = run.attack.test_metrics(run.new_model(), x, y)
+    assert record["source_recall"] != untrained["source_recall"]
