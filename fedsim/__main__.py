@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> float | None:
         fail(str(exc))
     from fedsim.checkpoint import CheckpointError  # heavy imports only once the config is known good
     from fedsim.engine.context import RunContext, build_components
-    from fedsim.engine.loop import TooFewClients
+    from fedsim.engine.replies import TooFewClients
     from fedsim.engine.simulation import simulate
 
     try:  # dataset, partition and components: bad values fail here, before training

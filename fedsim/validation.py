@@ -34,3 +34,16 @@ def update_problem(
     if max_norm is not None and math.sqrt(squared) > max_norm:
         return f"update norm {math.sqrt(squared):.4g} exceeds max_update_norm={max_norm}"
     return None
+
+
+def aggregate_problem(new_state: Tensors, old_state: Tensors) -> str | None:
+    """Why a new global state must be refused (a tensor missing, reshaped, retyped or not finite), or None."""
+    for name, old in old_state.items():
+        new = new_state.get(name)
+        if new is None:
+            return f"{name} is missing"
+        if new.shape != old.shape or new.dtype != old.dtype:
+            return f"{name}: {new.dtype}{tuple(new.shape)}, expected {old.dtype}{tuple(old.shape)}"
+        if not bool(torch.isfinite(new).all()):
+            return f"{name} contains NaN or Inf"
+    return None

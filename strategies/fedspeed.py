@@ -29,7 +29,7 @@ class FedSpeed(Strategy):
     ``lamb`` is the prox weight (the paper's 1/lambda, the reference code's ``lamb``).
     """
 
-    persistent = ("corrections", "correction_sum")
+    persistent = ("corrections",)
 
     def __init__(
         self,
@@ -52,12 +52,20 @@ class FedSpeed(Strategy):
         self.rho, self.alpha, self.lamb = rho, alpha, lamb
         self.weight_decay, self.max_grad_norm, self.lr_decay = weight_decay, max_grad_norm, lr_decay
         self.corrections: dict[int, Tensors] = {}  # server side: h_i of every client that has taken part
-        self.correction_sum: Tensors = {}  # server side: sum over all clients of h_i
+        self.parameter_names: tuple[str, ...] = ()  # the model's parameters (buffers carry no correction)
 
     def init_global(self, model: nn.Module) -> Tensors:
-        self.correction_sum = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
         self.corrections = {}
+        self.parameter_names = tuple(name for name, _ in model.named_parameters())
         return super().init_global(model)
+
+    def correction_sum(self) -> Tensors:
+        """The sum over all clients of h_i (clients not yet seen hold h_i = 0), derived, never stored."""
+        total: Tensors = {}
+        for h in self.corrections.values():
+            for name, t in h.items():
+                total[name] = total[name] + t if name in total else t.clone()
+        return total
 
     def extra_for(self, client_id: int) -> Tensors:
         return self.corrections.get(client_id, {})
@@ -88,12 +96,8 @@ class FedSpeed(Strategy):
 
     def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], combine: Combine) -> Tensors:
         for u in updates:
-            h = self.corrections.setdefault(u.client_id, {n: torch.zeros_like(s) for n, s in self.correction_sum.items()})
-            for name, h_sum in self.correction_sum.items():
-                h[name] = h[name] + u.update[name]
-                h_sum += u.update[name]
-        mean_delta = combine(updates)
-        return {
-            name: w + mean_delta[name] + (self.correction_sum[name] / self.num_clients if name in self.correction_sum else 0.0)
-            for name, w in global_state.items()
-        }
+            h = self.corrections.setdefault(u.client_id, {})
+            for name in self.parameter_names:
+                h[name] = h[name] + u.update[name] if name in h else u.update[name].clone()
+        mean_delta, h_sum = combine(updates), self.correction_sum()
+        return {name: w + mean_delta[name] + (h_sum[name] / self.num_clients if name in h_sum else 0.0) for name, w in global_state.items()}

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import metrics_only
 from fedsim.attack import SelectedClientsAttack
+from fedsim.strategies.fedavg import FedAvg
+from fedsim.strategy import LocalResult
 
 
 def test_inline_run_writes_results_and_learns(run_sim):
@@ -91,6 +93,31 @@ def test_ray_backend_matches_inline(run_sim, client_cpus):
     _, inline, _ = run_sim(*common)
     _, ray, _ = run_sim(*common, "backend=ray", f"backend.client_cpus={client_cpus}", "backend.num_cpus=2")
     assert metrics_only(ray) == metrics_only(inline)
+
+
+class SelfCountingFedAvg(FedAvg):
+    """A strategy that changes itself on the client: it counts its local updates and divides the
+    update by that count. Were a client-side instance carried from one message to the next (or
+    shared with the server, as inline once did), later clients would upload shrunken updates."""
+
+    def __init__(self) -> None:
+        self.local_updates = 0
+
+    def local_update(self, task):
+        self.local_updates += 1
+        result = super().local_update(task)
+        return LocalResult({k: v / self.local_updates for k, v in result.update.items()}, result.num_examples, result.metrics)
+
+
+def test_a_self_mutating_client_component_gives_the_same_results_inline_and_on_ray(run_sim):
+    """Each message gets fresh client-side components on every backend, so the counter is always 1
+    and the run is plain FedAvg's, inline and on two Ray workers alike."""
+    common = ("num_clients=4", "clients_per_round=3", "rounds=2")
+    mutating = "strategy._target_=tests.test_engine.SelfCountingFedAvg"
+    _, fedavg, _ = run_sim(*common)
+    _, inline, _ = run_sim(*common, mutating)
+    _, ray, _ = run_sim(*common, mutating, "backend=ray", "backend.client_cpus=1", "backend.num_cpus=2")
+    assert metrics_only(inline) == metrics_only(ray) == metrics_only(fedavg)
 
 
 class NegatedMean(SelectedClientsAttack):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import make_config, metrics_only, read_rounds
-from fedsim.engine.loop import TooFewClients
+from fedsim.engine.replies import TooFewClients
 from fedsim.engine.simulation import simulate
 
 # Stateful on both sides: FedSpeed (client correction h_i + the server's sum of h_i), DGC (client

@@ -23,7 +23,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from fedsim.engine.context import Run
+from fedsim.engine.context import Run, RunContext
 from fedsim.evaluation import evaluate
 from fedsim.sampling import sample_clients
 from fedsim.seeding import torch_generator
@@ -73,11 +73,11 @@ def bare_loop(env: Run) -> float:
     return time.perf_counter() - started
 
 
-def fedsim_run(cfg: dict) -> tuple[float, float, float]:
-    """(total wall, rounds wall, final accuracy) of one fedsim run."""
+def fedsim_run(cfg: dict, ctx: RunContext) -> tuple[float, float, float]:
+    """(total wall, rounds wall, final accuracy) of one fedsim run on the prebuilt server-side context."""
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        summary = simulate(cfg, Path(out), progress=False)
+        summary = simulate(cfg, Path(out), progress=False, ctx=ctx)
         total = time.perf_counter() - started
         records = [json.loads(line) for line in (Path(out) / "rounds.jsonl").read_text().splitlines()]
     return total, sum(r["wall_s"] for r in records), summary["final_test_acc"]
@@ -97,9 +97,9 @@ def main() -> None:
         bare = min(bare_loop(env) for _ in range(args.repeat))
         for backend in args.backends.split(","):
             cfg = config(base + [f"backend={backend}"])
-            Run(cfg)  # data loading is outside both timings
+            ctx = RunContext.from_config(cfg)  # the server's data loading is outside both timings
             repeats = args.repeat if backend == "inline" else 1  # each Ray run pays its start-up again
-            total, rounds_wall, acc = min(fedsim_run(cfg) for _ in range(repeats))
+            total, rounds_wall, acc = min(fedsim_run(cfg, ctx) for _ in range(repeats))
             # inline: everything counts; ray: start-up/shutdown reported apart
             measured = total if backend == "inline" else rounds_wall
             startup = 0.0 if backend == "inline" else total - rounds_wall

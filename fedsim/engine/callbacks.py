@@ -7,6 +7,7 @@ the public :class:`~fedsim.privacy.ServerView`; the harness scores what they ret
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ class RoundResult:
     global_state: Tensors  # the new global state
     updates: list[ClientUpdate]  # accepted (after the server-side adversary), before screening
     client_states: dict[int, dict[str, ArrayRecord]] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)  # perf_counter() when the round began
 
 
 class Callback(Protocol):
@@ -83,12 +85,13 @@ class PrivacyObservers:
 
 @dataclass
 class Recording:
-    """Appends the record to rounds.jsonl (and the trackers)."""
+    """Stamps the round's wall time (everything up to here, evaluation included) and appends the
+    record to rounds.jsonl (and the trackers)."""
 
     recorder: RunRecorder
 
     def after_round(self, result: RoundResult, record: dict[str, Any]) -> None:
-        self.recorder.record(record)
+        self.recorder.record({**record, "wall_s": time.perf_counter() - result.started})
 
 
 @dataclass

@@ -26,6 +26,10 @@ from fedsim.validation import update_problem
 log = logging.getLogger("fedsim")
 
 
+class TooFewClients(RuntimeError):
+    """Fewer than ``min_clients`` valid replies in a round: the run cannot go on meaningfully."""
+
+
 @dataclass
 class Collected:
     """One round's replies, sorted into accepted updates and refusals."""
@@ -92,3 +96,10 @@ def count_problem(claimed: Any, true_size: int) -> str | None:
     if claimed > true_size:
         return f"num_examples={int(claimed)} exceeds the client's partition of {true_size} examples"
     return None
+
+
+def require_enough(server_round: int, got: Collected, sampled: int, min_clients: int) -> None:
+    """Raise :class:`TooFewClients` when fewer than ``min_clients`` of the ``sampled`` clients sent a valid update."""
+    if len(got.updates) < min_clients:
+        raise TooFewClients(f"round {server_round}: only {len(got.updates)} of {sampled} sampled clients sent a valid update "
+                            f"(min_clients={min_clients}); failures: {got.failures}; rejected: {got.rejected}")

@@ -30,15 +30,21 @@ from fedsim.trackers import trackers_for
 BACKENDS = ("inline", "ray")
 
 
-def simulate(cfg: Config, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Run the simulation described by the resolved config ``cfg``; results go to ``out_dir``."""
+def simulate(cfg: Config, out_dir: Path, progress: bool = True, ctx: RunContext | None = None) -> dict[str, Any]:
+    """Run the simulation described by the resolved config ``cfg``; results go to ``out_dir``.
+
+    ``ctx``: the run context already built from this same ``cfg`` (a script running several
+    simulations of one config loads the data once); built here when None."""
     quiet_engine_logs(bool(cfg.get("verbose", False)))
     backend = cfg["backend"]["name"]
     if backend not in BACKENDS:
         raise ValueError(f"backend.name={backend!r}; valid: {', '.join(BACKENDS)}")
     started = time.perf_counter()
     recorder = RunRecorder(out_dir, trackers_for(cfg, out_dir), resuming=bool(cfg.get("resume")))
-    ctx = RunContext.from_config(cfg)
+    if ctx is None:
+        ctx = RunContext.from_config(cfg)
+    elif ctx.cfg != cfg:
+        raise ValueError("simulate: the run context was built from a different config")
     server = FederatedServer(ctx, build_components(cfg), recorder, progress)
     if backend == "inline":  # the frozen context is shared; the client side builds its own components
         run_inline(server, build_client_app(cfg, ctx), ctx.num_clients)
