@@ -34,6 +34,18 @@ def config_fingerprint(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def load_failure(exc: Exception) -> str:
+    """One line saying why ``torch.load`` refused a file. The weights-only unpickler names the
+    offending operation or global (e.g. a planted ``posix.system``) between paragraphs of advice,
+    which are dropped."""
+    text = str(exc)
+    if text.startswith("Weights only load failed"):
+        for marker in ("WeightsUnpickler error:", "from a trusted source."):
+            text = text.split(marker, 1)[-1]
+        text = "refused by the weights-only loader: " + text.split("Check the documentation", 1)[0]
+    return f"{type(exc).__name__}: {' '.join(text.split())}"
+
+
 class CheckpointError(RuntimeError):
     """No usable checkpoint could be loaded."""
 
@@ -86,10 +98,10 @@ class CheckpointStore:
         problems = []
         for path in self.paths():
             try:
-                checkpoint = Checkpoint(**torch.load(path, map_location="cpu", weights_only=False))
+                checkpoint = Checkpoint(**torch.load(path, map_location="cpu", weights_only=True))
             except Exception as exc:  # any unreadable file: say which and why, try the previous one
-                problems.append(f"{path.name}: {type(exc).__name__}: {exc}")
-                log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, exc)
+                problems.append(f"{path.name}: {load_failure(exc)}")
+                log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, load_failure(exc))
                 continue
             if checkpoint.fingerprint != fingerprint:
                 raise CheckpointError(f"{path} was written by a run with a different config; refusing to resume")

@@ -27,6 +27,9 @@ def validate(cfg: Config) -> None:
     for key in ("max_update_norm", "client_timeout_s"):
         if cfg.get(key) is not None:
             check_range(key, cfg[key], low=0, low_open=True)
+    if cfg.get("max_weight_share") is not None:
+        check_range("max_weight_share", cfg["max_weight_share"], 0, 1, low_open=True)
+    check_range("max_client_state_mb", cfg["max_client_state_mb"], low=0, low_open=True)
     check_range("min_clients", cfg["min_clients"], 1, cfg["clients_per_round"], integer=True)
     check_range("checkpoint_every", cfg["checkpoint_every"], low=0, integer=True)
     resume = cfg["resume"]

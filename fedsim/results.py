@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from fedsim.trackers import Tracker
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-Inf) replaced by None, containers recursed."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def to_json(value: Any, **kwargs: Any) -> str:
+    """Strict JSON (no NaN/Infinity tokens, which other readers reject): non-finite numbers become null."""
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
 class RunRecorder:
@@ -26,13 +43,13 @@ class RunRecorder:
     def restore(self, records: list[dict[str, Any]]) -> None:
         """Start from the records of a checkpoint (a resumed run): rounds.jsonl holds exactly them."""
         self.records = list(records)
-        self.rounds_path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        self.rounds_path.write_text("".join(to_json(r) + "\n" for r in self.records))
 
     def record(self, record: dict[str, Any]) -> None:
         """Append one round's record (flushed immediately)."""
         self.records.append(record)
         with self.rounds_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json(record) + "\n")
         for tracker in self.trackers:
             tracker.log_round(record)
 
@@ -50,7 +67,7 @@ class RunRecorder:
             "rejected_total": sum(len(r["rejected"]) for r in self.records),
             **extra,
         }
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (self.out_dir / "summary.json").write_text(to_json(summary, indent=2))
         if self.records:
             plot_curves(self.records, self.out_dir / "curves.png")
         for tracker in self.trackers:

@@ -114,7 +114,7 @@ class ClientUpdate:
 
     client_id: int
     update: Tensors
-    num_examples: int
+    num_examples: float  # the aggregation weight: the example count, lowered where max_weight_share caps it
     metrics: dict[str, float] = field(default_factory=dict)
 
 

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
+from flwr.app import ArrayRecord
 
-from fedsim.state import Tensors
+from fedsim.state import Tensors, record_nbytes
 
 
 def update_problem(
-    update: Tensors, expected: dict[str, tuple[int, ...]], max_norm: float | None = None
+    update: Tensors,
+    expected: dict[str, tuple[int, ...]],
+    max_norm: float | None = None,
+    dtypes: dict[str, torch.dtype] | None = None,
 ) -> str | None:
     """Why ``update`` must be rejected, or None if it is well-formed.
 
-    Checks: exactly the expected array names, their shapes, a floating dtype,
+    Checks: exactly the expected array names, their shapes, a floating dtype (exactly
+    ``dtypes[name]`` where given: a float64 upload must not turn the model float64),
     finite values, and (if ``max_norm`` is set) the global L2 norm.
     """
     missing = sorted(set(expected) - set(update))
@@ -28,6 +35,8 @@ def update_problem(
             return f"{name}: shape {tuple(tensor.shape)}, expected {tuple(shape)}"
         if not tensor.is_floating_point():
             return f"{name}: dtype {tensor.dtype} is not floating point"
+        if dtypes is not None and name in dtypes and tensor.dtype != dtypes[name]:
+            return f"{name}: dtype {tensor.dtype}, expected {dtypes[name]}"
         if not bool(torch.isfinite(tensor).all()):
             return f"{name}: contains NaN or Inf"
         squared += float(tensor.double().pow(2).sum())
@@ -46,4 +55,25 @@ def aggregate_problem(new_state: Tensors, old_state: Tensors) -> str | None:
             return f"{name}: {new.dtype}{tuple(new.shape)}, expected {old.dtype}{tuple(old.shape)}"
         if not bool(torch.isfinite(new).all()):
             return f"{name} contains NaN or Inf"
+    return None
+
+
+def metrics_problem(metrics: dict[str, Any]) -> str | None:
+    """Why a reply's metrics are refused: a value that is not a single number (Flower also allows lists)."""
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"metric {key!r} is a {type(value).__name__}, not a number"
+    return None
+
+
+def state_problem(entries: dict[str, ArrayRecord], max_mb: float) -> str | None:
+    """Why a reply's client state is refused: larger than ``max_mb`` MiB or holding a non-finite value."""
+    total = sum(record_nbytes(record) for record in entries.values())
+    if total > max_mb * 2**20:
+        return f"client state of {total / 2**20:.3g} MiB exceeds max_client_state_mb={max_mb:g}"
+    for key, record in entries.items():
+        for name, array in record.items():
+            values = array.numpy()
+            if values.dtype.kind in "fc" and not np.isfinite(values).all():
+                return f"client state {key}/{name} contains NaN or Inf"
     return None

@@ -85,7 +85,7 @@ def test_fedspeed_rejected_uploads_leave_the_corrections_alone(tmp_path: Path) -
     states = []
     for path in sorted((tmp_path / "run" / "checkpoints").glob("*.pt")):
         strategy = build_components(make_cfg(*args)).strategy
-        strategy.load_state_dict(torch.load(path, weights_only=False)["components"]["strategy"])
+        strategy.load_state_dict(torch.load(path, weights_only=True)["components"]["strategy"])
         states.append(strategy.corrections)
     assert len(states) == 2  # the store keeps the newest two: after rounds 2 and 3
     assert set(states[0]) - accepted[2]  # some client held h_i and was not aggregated in round 3

@@ -143,7 +143,7 @@ def test_hyperfl_reply_carries_only_hypernetwork_arrays_and_private_parts_differ
     assert all(r["eval_clients"] == 3 and r["test_acc"] > 0.5 for r in records)
 
     # the private parts live in the checkpoint's client states, one set per client, all different
-    checkpoint = torch.load(tmp_path / "checkpoints" / "round_000002.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "round_000002.pt", weights_only=True)
     private = {cid: states[STATE_PREFIX + PRIVATE_KEY] for cid, states in checkpoint["client_states"].items()}
     assert sorted(private) == [0, 1, 2]
     assert set(private[0]) == {EMBEDDING, "net.3.weight", "net.3.bias"}
@@ -161,7 +161,7 @@ def test_hyperfl_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> 
     (resumed / "summary.json").unlink()
     simulate(make_config(*overrides, "resume=true"), resumed, progress=False)
     assert metrics_only(read_rounds(resumed)) == metrics_only(read_rounds(tmp_path / "full"))
-    a, b = (torch.load(d / "checkpoints" / "round_000003.pt", weights_only=False) for d in (tmp_path / "full", resumed))
+    a, b = (torch.load(d / "checkpoints" / "round_000003.pt", weights_only=True) for d in (tmp_path / "full", resumed))
     assert all(torch.equal(a["global_state"][k], b["global_state"][k]) for k in a["global_state"])
     for cid, states in a["client_states"].items():
         for name, tensor in states[STATE_PREFIX + PRIVATE_KEY].items():
@@ -203,7 +203,7 @@ def test_hyperfl_attack_metrics_are_measured_on_the_personal_models(tmp_path: Pa
     record = read_rounds(tmp_path)[-1]
     run = Run(cfg)
     assert isinstance(run.attack, LabelFlip)
-    checkpoint = torch.load(tmp_path / "checkpoints" / "round_000002.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "round_000002.pt", weights_only=True)
     states = {cid: ClientState({k: to_record(v) for k, v in s.items()}) for cid, s in checkpoint["client_states"].items()}
     expected = score_models(run.ctx, run.strategy, run.attack, Truth.of(run.attack, 3, run.seed), checkpoint["global_state"], states)
     assert record["source_recall"] == expected["source_recall"] and record["eval_clients"] == 2

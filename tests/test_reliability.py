@@ -52,7 +52,7 @@ def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
 
 
 def checkpoint_at(run_dir: Path, rnd: int) -> dict:
-    return torch.load(run_dir / "checkpoints" / f"round_{rnd:06d}.pt", weights_only=False)
+    return torch.load(run_dir / "checkpoints" / f"round_{rnd:06d}.pt", weights_only=True)
 
 
 def assert_equal_nested(a, b, where: str = "") -> None:

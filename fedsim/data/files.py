@@ -3,14 +3,18 @@
 * ``mnist`` / ``fashion_mnist``: the four IDX files (raw or ``.gz``) in ``root``,
   ``root/raw`` or torchvision's ``root/MNIST/raw`` (``root/FashionMNIST/raw``).
 * ``cifar10``: the python pickle batches in ``root/cifar-10-batches-py`` (or ``root``
-  pointing at that folder itself).
+  pointing at that folder itself), read by an unpickler that builds nothing but what a
+  batch holds (numpy arrays and dtypes, plus the dicts, lists, bytes, str and ints pickle
+  makes itself): a file that names any other callable is refused before anything runs.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,10 +100,36 @@ def _find_folder(name: str, root: Path, candidates: list[Path], alternatives: li
     )
 
 
+_NUMPY_CORE = ("numpy.core", "numpy._core")  # numpy 1 and numpy 2 names of one module
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's array reconstructor (protocols 0-4)
+_FROMBUFFER = np.zeros(0).__reduce_ex__(5)[0]  # and protocol 5's
+_CIFAR_GLOBALS = {
+    **{(f"{core}.multiarray", "_reconstruct"): _RECONSTRUCT for core in _NUMPY_CORE},
+    **{(f"{core}.numeric", "_frombuffer"): _FROMBUFFER for core in _NUMPY_CORE},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,  # how protocol 2 spells a bytes object
+}
+
+
+class CifarBatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch and nothing else: only numpy's array and dtype
+    reconstructors (and bytes' encoder) may be named; any other global is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _CIFAR_GLOBALS.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR-10 batch holds only numpy arrays, lists, bytes, str and ints")
+        return found
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 pickle batch as uint8 (N, 3, 32, 32) images (R, G, B planes) and labels."""
     with path.open("rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+        try:
+            batch = CifarBatchUnpickler(f, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: not a CIFAR-10 batch ({exc})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
     data = np.asarray(batch[b"data"])

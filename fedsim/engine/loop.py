@@ -23,6 +23,7 @@ from fedsim.engine.messages import train_messages
 from fedsim.engine.nodes import discover
 from fedsim.engine.replies import Collected, collect, require_enough
 from fedsim.engine.round_record import round_record
+from fedsim.engine.weights import cap_weight_shares
 from fedsim.results import RunRecorder
 from fedsim.sampling import sample_clients
 from fedsim.state import Tensors, to_record
@@ -94,7 +95,7 @@ class FederatedServer:
         require_enough(server_round, got, len(sampled), int(self.cfg.get("min_clients") or 1))
         self.forge(server_round, got)
         verdict = defense.screen(server_round, got.updates)
-        kept = [u for u, keep in zip(got.updates, verdict.keep) if keep]
+        kept = cap_weight_shares([u for u, keep in zip(got.updates, verdict.keep) if keep], self.cfg.get("max_weight_share"))
         new_state = global_state
         if kept:
             new_state = self.checked(server_round, strategy.aggregate(server_round, global_state, kept, defense.combiner() or strategy.combine), global_state)

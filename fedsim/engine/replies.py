@@ -21,7 +21,7 @@ from fedsim.engine.context import RunContext
 from fedsim.state import ArrayRecordMap, Tensors, state_entries
 from fedsim.strategy import ClientUpdate
 from fedsim.training import OptimizerConfig
-from fedsim.validation import update_problem
+from fedsim.validation import metrics_problem, state_problem, update_problem
 
 log = logging.getLogger("fedsim")
 
@@ -67,24 +67,28 @@ def collect(
     """Decode and validate ``(client id, reply)`` pairs in client order; hosted client states are updated in place."""
     got = Collected()
     max_norm = ctx.cfg.get("max_update_norm")
+    max_state_mb = float(ctx.cfg["max_client_state_mb"])
+    dtypes = {name: global_state[name].dtype for name in expected if name in global_state}
     for cid, reply in sorted(replies, key=lambda pair: pair[0]):
         if reply.has_error():
             got.fail(server_round, cid, reply.error.reason)
             continue  # a failed round leaves the client's state as it was
-        client_states[cid] = state_entries(reply.content)
-        try:
+        try:  # every field of the reply is parsed here: a malformed one refuses the reply, never stops the round
             metrics = dict(reply.content["metrics"])
-            num_examples = metrics.pop("num_examples")
+            num_examples = metrics.pop("num_examples", None)
             record = reply.content["update"]
             got.bytes_up[cid] = codec.wire_bytes(record)
             update = codec.decode(record, global_state, lr, optimizer)
-        except Exception as exc:  # a malformed reply must not stop the round
+            state = state_entries(reply.content)
+        except Exception as exc:
             problem = f"undecodable reply: {type(exc).__name__}: {exc}"
         else:
-            problem = update_problem(update, expected, max_norm) or count_problem(num_examples, ctx.partition_size(cid))
+            problem = (update_problem(update, expected, max_norm, dtypes) or count_problem(num_examples, ctx.partition_size(cid))
+                       or metrics_problem(metrics) or state_problem(state, max_state_mb))
         if problem is not None:
             got.reject(server_round, cid, problem)
-            continue
+            continue  # as for a failure: the client's hosted state stays as it was
+        client_states[cid] = state
         got.updates.append(ClientUpdate(cid, update, int(num_examples), {k: float(v) for k, v in metrics.items()}))
     return got
 
