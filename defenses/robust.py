@@ -19,7 +19,8 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from fedsim.attack import BENIGN, MALICIOUS
 from fedsim.defense import Defense, Verdict
-from fedsim.params import check_range
+from fedsim.component import RunFacts
+from fedsim.params import check_range, check_that
 from fedsim.state import Tensors, to_record
 from fedsim.strategy import ClientUpdate, Combine
 
@@ -65,6 +66,13 @@ class MultiKrum(Defense):
         check_range("defense.num_selected", num_selected, low=1, integer=True)
         self.num_malicious, self.num_selected = num_malicious, num_selected
 
+    def check_run(self, run: RunFacts) -> None:
+        n, f = run.clients_per_round, self.num_malicious
+        check_that("defense.num_malicious", f, n >= 2 * f + 3,
+                   f"<= (clients_per_round - 3) / 2 with clients_per_round={n} (Krum needs 2f + 3 = {2 * f + 3} updates "
+                   "per round); raise clients_per_round or lower defense.num_malicious")
+        check_that("defense.num_selected", self.num_selected, self.num_selected <= n, f"at most clients_per_round={n}")
+
     def screen(self, server_round: int, updates: list[ClientUpdate]) -> Verdict:
         return selection_verdict(krum_selection(updates, self.num_malicious, self.num_selected))
 
@@ -85,6 +93,12 @@ class Bulyan(Defense):
     def __init__(self, num_malicious: int = 1) -> None:
         check_num_malicious(num_malicious)
         self.num_malicious = num_malicious
+
+    def check_run(self, run: RunFacts) -> None:
+        n, f = run.clients_per_round, self.num_malicious
+        check_that("defense.num_malicious", f, n >= 4 * f + 3,
+                   f"<= (clients_per_round - 3) / 4 with clients_per_round={n} (Bulyan needs 4f + 3 = {4 * f + 3} updates "
+                   "per round); raise clients_per_round or lower defense.num_malicious")
 
     def screen(self, server_round: int, updates: list[ClientUpdate]) -> Verdict:
         n, f = len(updates), self.num_malicious

@@ -10,9 +10,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from fedsim.config import unknown_group_option, unknown_key, validate
+from fedsim.config import output_dir_problem, unknown_group_option, unknown_key, validate
 from fedsim.params import ParamError
+
+
+REQUIRED_HINTS = {
+    "dataset.root": "the folder holding the dataset's files in their usual on-disk format (fedsim never downloads "
+                    "data), e.g. dataset.root=/data; or use an embedded dataset: dataset=mnist5k or dataset=digits",
+}
 
 
 def fail(message: str) -> None:
@@ -24,31 +31,36 @@ def fail(message: str) -> None:
 @hydra.main(version_base=None, config_path="pkg://fedsim.conf", config_name="config")
 def run(cfg: DictConfig) -> float | None:
     """Run one simulation from the composed config; returns the final test accuracy."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     try:
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         validate(resolved)
+    except MissingMandatoryValue as exc:
+        fail(f"{exc.full_key}=???: must be set; {REQUIRED_HINTS.get(exc.full_key, 'this option has no default')}")
     except ParamError as exc:
         fail(str(exc))
     from fedsim.checkpoint import CheckpointError  # heavy imports only once the config is known good
-    from fedsim.engine.context import RunContext, build_components
+    from fedsim.engine.context import RunContext, build_components, check_fit
     from fedsim.engine.replies import TooFewClients
     from fedsim.engine.simulation import simulate
 
     try:  # dataset, partition and components: bad values fail here, before training
-        RunContext.from_config(resolved)
-        build_components(resolved)
+        ctx = RunContext.from_config(resolved)
+        check_fit(build_components(resolved), ctx)
     except (ValueError, FileNotFoundError, TypeError, InstantiationException) as exc:
         cause = exc
         while cause.__cause__ is not None and not isinstance(cause, ParamError):
             cause = cause.__cause__
         fail(str(cause).strip().splitlines()[-1])
     resume = resolved["resume"]
-    out_dir = Path(resume) if isinstance(resume, str) else Path(HydraConfig.get().runtime.output_dir)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    out_dir = Path(resume) if isinstance(resume, str) and resume != "auto" else Path(HydraConfig.get().runtime.output_dir)
+    if not resume:  # a resumed run's folder is rewritten only once its checkpoint has been accepted
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     try:
-        summary = simulate(resolved, out_dir, progress=bool(resolved["progress"]))
-    except (CheckpointError, TooFewClients) as exc:
+        summary = simulate(resolved, out_dir, progress=bool(resolved["progress"]), ctx=ctx)
+    except (CheckpointError, TooFewClients, ParamError) as exc:  # ParamError: a check that needs the model (HyperFL's head)
         fail(str(exc))
+    if resume:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     print(
         f"fedsim: {resolved['strategy']['_target_'].rsplit('.', 1)[-1]} on {summary['backend']}: "
         f"final test accuracy {summary['final_test_acc']:.4f} after {summary['rounds']} rounds "
@@ -59,8 +71,8 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Entry point: reject unknown component names in one line, then hand over to Hydra."""
-    problem = unknown_group_option(sys.argv[1:]) or unknown_key(sys.argv[1:])
+    """Entry point: reject unknown component names and an unusable output folder in one line, then hand over to Hydra."""
+    problem = unknown_group_option(sys.argv[1:]) or unknown_key(sys.argv[1:]) or output_dir_problem(sys.argv[1:])
     if problem:
         fail(problem)
     run()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedsim.params import check_range, check_that
-from fedsim.persistent import Persistent
+from fedsim.component import Component, RunFacts
 from fedsim.seeding import numpy_rng
 from fedsim.state import Tensors
 
@@ -31,7 +31,7 @@ def attacker_order(num_clients: int, seed: int) -> np.ndarray:
     return numpy_rng(seed, "attackers").permutation(num_clients)
 
 
-class Attack(Persistent):
+class Attack(Component):
     """No attack: every client is benign and behaves as prescribed.
 
     ``name`` is the attack type recorded per client for scoring; ``role`` is the true
@@ -66,7 +66,8 @@ class Attack(Persistent):
 
 
 class SelectedClientsAttack(Attack):
-    """Base of attacks run by a seeded subset of clients: ``fraction`` of them, or ``count``.
+    """Base of attacks run by a seeded subset of clients: ``count`` of them when set, else
+    ``fraction`` of the federation (``count`` overrides the ``fraction`` a config file gives).
 
     The subset is the first k clients of :func:`attacker_order`, so it depends only on
     the seed. A composite attack (``mixed``) may assign the k itself when both are unset.
@@ -75,11 +76,11 @@ class SelectedClientsAttack(Attack):
     role = MALICIOUS
 
     def __init__(self, fraction: float | None = None, count: int | None = None) -> None:
-        check_that("attack.count", count, fraction is None or count is None, f"null when attack.fraction={fraction} is set")
-        if fraction is not None:
-            check_range("attack.fraction", fraction, 0.0, 1.0)
         if count is not None:
             check_range("attack.count", count, low=0, integer=True)
+            fraction = None
+        elif fraction is not None:
+            check_range("attack.fraction", fraction, 0.0, 1.0)
         self.fraction = fraction
         self.count = count
 
@@ -91,10 +92,13 @@ class SelectedClientsAttack(Attack):
     def num_selected(self, num_clients: int) -> int:
         """How many of ``num_clients`` clients this attack runs on."""
         if self.count is not None:
-            check_range("attack.count", self.count, 0, num_clients, integer=True)
+            check_that("attack.count", self.count, self.count <= num_clients, f"at most num_clients={num_clients}")
             return self.count
         check_that("attack.fraction", None, self.fraction is not None, "set (or attack.count)")
         return int(np.floor(self.fraction * num_clients + 0.5))
+
+    def check_run(self, run: RunFacts) -> None:
+        self.num_selected(run.num_clients)
 
     def for_client(self, client_id: int, num_clients: int, seed: int) -> Attack | None:
         chosen = attacker_order(num_clients, seed)[: self.num_selected(num_clients)]

@@ -26,12 +26,45 @@ log = logging.getLogger("fedsim")
 
 # Config fields that steer how a run executes, not what it computes: a resume may change them.
 RUN_CONTROL_KEYS = ("resume", "checkpoint_every", "backend", "verbose", "progress", "tracking", "client_timeout_s", "min_clients")
+NUMBERS_BACKEND_KEYS = ("client_threads",)  # ...except these backend fields, which change the numbers (torch threads)
+HORIZON_KEYS = ("rounds", "strategy.rounds")  # how long the run is: a resume may extend it
+
+
+def numbers_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that determines the run's numbers, flattened to dotted keys."""
+    relevant = {k: v for k, v in cfg.items() if k not in RUN_CONTROL_KEYS}
+    relevant["backend"] = {k: v for k, v in (cfg.get("backend") or {}).items() if k in NUMBERS_BACKEND_KEYS}
+    return flatten(relevant)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict[str, Any], cfg: dict[str, Any], done_rounds: int) -> list[str]:
+    """``field: old -> new`` for every numbers-relevant field a resume under ``cfg`` would change.
+
+    A longer (or equal) horizon is allowed: it is how a finished run is extended. Not when
+    ``dp.epsilon`` is set, since that budget is spread over the configured rounds.
+    """
+    now = numbers_config(cfg)
+    extendable = (cfg.get("dp") or {}).get("epsilon") is None and int(cfg["rounds"]) >= done_rounds
+    return [
+        f"{key}: {saved.get(key, '(unset)')} -> {now.get(key, '(unset)')}"
+        for key in sorted(set(saved) | set(now))
+        if saved.get(key) != now.get(key) and not (extendable and key in HORIZON_KEYS)
+    ]
 
 
 def config_fingerprint(cfg: dict[str, Any]) -> str:
-    """A hash of everything in the resolved config that determines the run's numbers."""
-    relevant = {k: v for k, v in cfg.items() if k not in RUN_CONTROL_KEYS}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A hash of everything in the resolved config that determines the run's numbers (horizon included)."""
+    return hashlib.sha256(json.dumps(numbers_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_failure(exc: Exception) -> str:
@@ -55,7 +88,7 @@ class Checkpoint:
     """The state of a run after ``round`` rounds."""
 
     round: int
-    fingerprint: str  # the run's config, so a resume under another config is refused
+    config: dict[str, Any]  # :func:`numbers_config` of the run, so a resume under another config is refused by name
     global_state: Tensors
     client_states: dict[int, dict[str, Tensors]]
     components: dict[str, dict[str, Any]]
@@ -89,23 +122,49 @@ class CheckpointStore:
             old.unlink()
         return path
 
-    def load_latest(self, fingerprint: str) -> Checkpoint | None:
-        """The newest checkpoint that loads (None if there is none).
+    def load_latest(self, cfg: dict[str, Any]) -> Checkpoint | None:
+        """The newest sound checkpoint of a run configured as ``cfg`` (None if there is none).
 
-        A corrupt or truncated file is reported and skipped in favour of the one
-        before it; if files exist but none loads, :class:`CheckpointError` says why.
+        A corrupt or truncated file, one written by an older fedsim, one whose round is outside
+        [0, rounds] or whose tensors are not finite, is reported and skipped in favour of the one
+        before it; if files exist but none is usable, :class:`CheckpointError` says why. A
+        checkpoint of a run with different numbers-relevant fields is refused, naming them.
         """
         problems = []
         for path in self.paths():
             try:
                 checkpoint = Checkpoint(**torch.load(path, map_location="cpu", weights_only=True))
+                problem = soundness_problem(checkpoint, int(cfg["rounds"]))
             except Exception as exc:  # any unreadable file: say which and why, try the previous one
-                problems.append(f"{path.name}: {load_failure(exc)}")
-                log.warning("checkpoint %s is unreadable (%s); trying the previous one", path, load_failure(exc))
+                problem = load_failure(exc)
+            if problem is not None:
+                problems.append(f"{path.name}: {problem}")
+                log.warning("checkpoint %s is unusable (%s); trying the previous one", path, problem)
                 continue
-            if checkpoint.fingerprint != fingerprint:
-                raise CheckpointError(f"{path} was written by a run with a different config; refusing to resume")
+            changes = config_changes(checkpoint.config, cfg, checkpoint.round)
+            if changes:
+                raise CheckpointError(f"{path} was written by a run with a different config ({'; '.join(changes)}); refusing to resume")
             return checkpoint
         if problems:
-            raise CheckpointError("no readable checkpoint in " + str(self.folder) + ": " + "; ".join(problems))
+            raise CheckpointError("no usable checkpoint in " + str(self.folder) + ": " + "; ".join(problems))
         return None
+
+
+def soundness_problem(checkpoint: Checkpoint, rounds: int) -> str | None:
+    """Why a checkpoint that loaded must still not be run: an absurd round, or a non-finite tensor."""
+    if not isinstance(checkpoint.round, int) or not 0 <= checkpoint.round <= rounds:
+        return f"round={checkpoint.round!r} is outside [0, rounds={rounds}]"
+    tensors = [("global_state", checkpoint.global_state)]
+    tensors += [(f"client {cid}", entries) for cid, entries in checkpoint.client_states.items()]
+    for where, tree in tensors:
+        for name, tensor in flatten_tensors(tree):
+            if not isinstance(tensor, torch.Tensor) or (tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())):
+                return f"{where}: {name} is not a finite tensor"
+    return None
+
+
+def flatten_tensors(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, leaf) for every leaf of nested dicts."""
+    if isinstance(tree, dict):
+        return [pair for key, value in tree.items() for pair in flatten_tensors(value, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), tree)]

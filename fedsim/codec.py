@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from flwr.app import ArrayRecord
 
-from fedsim.persistent import Persistent
+from fedsim.component import Component
 from fedsim.state import ClientState, Tensors, from_record, record_nbytes, to_record
 from fedsim.training import GradientFn, OptimizerConfig
 
 
-class Codec(Persistent):
+class Codec(Component):
     """Identity codec: the update is sent as dense float32 arrays."""
 
     def gradient_estimator(self, server_round: int, client_id: int) -> GradientFn | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -9,6 +10,10 @@ from typing import Any
 
 from fedsim.engine.context import Config
 from fedsim.params import check_range, check_that
+from fedsim.training import OptimizerConfig
+
+
+MAX_LR = 1000  # far above any useful step size; beyond it float32 arithmetic overflows (lr=1e308)
 
 
 def validate(cfg: Config) -> None:
@@ -23,7 +28,7 @@ def validate(cfg: Config) -> None:
     check_range("local_epochs", cfg["local_epochs"], low=1, integer=True)
     check_range("batch_size", cfg["batch_size"], low=1, integer=True)
     check_range("seed", cfg["seed"], low=0, integer=True)
-    check_range("lr", cfg["lr"], low=0, low_open=True)
+    check_range("lr", cfg["lr"], 0, MAX_LR, low_open=True)
     for key in ("max_update_norm", "client_timeout_s"):
         if cfg.get(key) is not None:
             check_range(key, cfg[key], low=0, low_open=True)
@@ -33,8 +38,8 @@ def validate(cfg: Config) -> None:
     check_range("min_clients", cfg["min_clients"], 1, cfg["clients_per_round"], integer=True)
     check_range("checkpoint_every", cfg["checkpoint_every"], low=0, integer=True)
     resume = cfg["resume"]
-    check_that("resume", resume, isinstance(resume, bool) or (isinstance(resume, str) and Path(resume).is_dir()),
-               "true, false or an existing run folder")
+    check_that("resume", resume, isinstance(resume, bool) or resume == "auto" or (isinstance(resume, str) and Path(resume).is_dir()),
+               "true, false, auto (continue if a checkpoint exists, else start fresh) or an existing run folder")
     check_that("device", cfg["device"], bool(re.fullmatch(r"cpu|auto|cuda(:\d+)?", str(cfg["device"]))), "one of cpu, cuda, cuda:N, auto")
     for tracker, value in (cfg.get("tracking") or {}).items():
         if tracker in ("tensorboard", "mlflow"):
@@ -44,6 +49,7 @@ def validate(cfg: Config) -> None:
         check_that("dp.noise_multiplier", dp.get("noise_multiplier"), "dp" in cfg["strategy"],
                    f"0 with dp.epsilon=null: strategy {cfg['strategy'].get('_target_')} does not run DP-SGD; "
                    "use one that takes the dp settings (strategy=lora, strategy=ffa_lora)")
+    OptimizerConfig(**cfg["optimizer"])  # checks its own fields
     backend = cfg["backend"]
     check_range("backend.client_threads", backend["client_threads"], low=1, integer=True)
     if backend["name"] == "ray":
@@ -96,6 +102,26 @@ def unknown_key(overrides: list[str]) -> str | None:
                 valid = ", ".join(sorted(node)) if isinstance(node, dict) else "none (not a mapping)"
                 return f"{match.group(1)}: unknown key in {where}; valid keys here: {valid} (use +{match.group(1)}=... to add one)"
             node = node[part]
+    return None
+
+
+def output_dir_problem(overrides: list[str]) -> str | None:
+    """A one-line error when the run folder (``hydra.run.dir``/``hydra.sweep.dir``, default under the
+    working directory) cannot be created: a file on its path, or no write permission."""
+    given = {m.group(1): m.group(2) for a in overrides if (m := re.fullmatch(r"(hydra\.(?:run|sweep)\.dir)=(.+)", a))}
+    for field, folder in given.items():
+        if "${" in folder:
+            continue  # interpolated (a timestamp...): Hydra resolves it
+        path = Path(folder).expanduser().absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            return f"{field}={folder}: cannot be created, {existing} is a file; choose a folder path"
+        try:  # Hydra creates it next anyway; creating it here turns its traceback into one line
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"{field}={folder}: cannot be created ({exc.strerror}); choose a writable folder"
+    if not given and not os.access(Path.cwd(), os.W_OK | os.X_OK):
+        return f"hydra.run.dir=outputs/...: the working directory {Path.cwd()} is not writable; set hydra.run.dir to a writable folder"
     return None
 
 

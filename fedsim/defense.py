@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedsim.attack import BENIGN
-from fedsim.persistent import Persistent
+from fedsim.component import Component
 from fedsim.strategy import ClientUpdate, Combine
 
 
@@ -27,7 +27,7 @@ class Verdict:
     labels: list[str]
 
 
-class Defense(Persistent):
+class Defense(Component):
     """No defense: every valid update is aggregated, every client is deemed benign."""
 
     def screen(self, server_round: int, updates: list[ClientUpdate]) -> Verdict:

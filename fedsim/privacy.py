@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim.persistent import Persistent
+from fedsim.component import Component
 from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate
 
@@ -75,7 +75,7 @@ class Observation:
     notes: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-class PrivacyAttack(Persistent):
+class PrivacyAttack(Component):
     """No privacy attack: the server observes nothing."""
 
     def observe(self, view: ServerView) -> Observation | None:

@@ -31,24 +31,26 @@ class RunRecorder:
     """Appends one JSON record per round and writes the summary and plots at the end;
     optional trackers (TensorBoard, MLflow) receive the same records."""
 
-    def __init__(self, out_dir: Path, trackers: Sequence["Tracker"] = (), resuming: bool = False) -> None:
+    def __init__(self, out_dir: Path, trackers: Sequence["Tracker"] = ()) -> None:
         self.out_dir = Path(out_dir)
         self.trackers = list(trackers)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rounds_path = self.out_dir / "rounds.jsonl"
-        if not resuming:  # a resumed run keeps the file until :meth:`restore` rewrites it from a checkpoint
-            self.rounds_path.write_text("")
+        # A fresh run starts the file with its first record (a run refused before round 1 writes nothing);
+        # a resumed run keeps it until :meth:`restore` rewrites it from a checkpoint.
+        self.started = False
         self.records: list[dict[str, Any]] = []
 
     def restore(self, records: list[dict[str, Any]]) -> None:
         """Start from the records of a checkpoint (a resumed run): rounds.jsonl holds exactly them."""
-        self.records = list(records)
+        self.records, self.started = list(records), True
         self.rounds_path.write_text("".join(to_json(r) + "\n" for r in self.records))
 
     def record(self, record: dict[str, Any]) -> None:
         """Append one round's record (flushed immediately)."""
         self.records.append(record)
-        with self.rounds_path.open("a") as f:
+        with self.rounds_path.open("a" if self.started else "w") as f:
+            self.started = True
             f.write(to_json(record) + "\n")
         for tracker in self.trackers:
             tracker.log_round(record)

@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from fedsim.persistent import Persistent
+from fedsim.component import Component
 from fedsim.state import ClientState, Tensors
 from fedsim.training import (
     Batch,
@@ -137,7 +137,7 @@ def uniform_mean(updates: list[ClientUpdate]) -> Tensors:
     return {k: sum(u.update[k] for u in updates) / len(updates) for k in updates[0].update}
 
 
-class Strategy(Persistent, ABC):
+class Strategy(Component, ABC):
     """Base of every fedsim strategy.
 
     Subclasses implement :meth:`local_update` (client side) and :meth:`aggregate` (server side).

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.params import check_range
+from fedsim.params import ParamError, check_range
 from fedsim.seeding import derive_seed, torch_generator
 from fedsim.state import ClientState, Tensors
 from fedsim.strategies.fedavg import FedAvg
@@ -118,10 +118,10 @@ class HyperFL(FedAvg):
         """(name, module) of the private classifier head."""
         linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
         if not linear:
-            raise ValueError(f"strategy=hyperfl: {type(model).__name__} has no Linear layer to keep as the private head")
+            raise ParamError(f"strategy=hyperfl: {type(model).__name__} has no Linear layer to keep as the private head")
         name = list(linear)[-1] if self.head is None else self.head
         if name not in linear:
-            raise ValueError(f"strategy.head={name!r}: not a Linear module of the model; its Linear modules: {', '.join(linear)}")
+            raise ParamError(f"strategy.head={name!r}: not a Linear module of the model; its Linear modules: {', '.join(linear)}")
         return name, linear[name]
 
     def head_names(self, model: nn.Module) -> list[str]:
@@ -137,7 +137,7 @@ class HyperFL(FedAvg):
         private = set(self.head_names(model))
         shapes = {n: p.shape for n, p in model.named_parameters() if n not in private}
         if not shapes:
-            raise ValueError("strategy=hyperfl: the model has no parameters outside the head to generate")
+            raise ParamError("strategy=hyperfl: the model has no parameters outside the head to generate")
         device = next(model.parameters()).device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, "hyperfl-hypernetwork"))

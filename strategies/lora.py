@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.params import check_range
+from fedsim.params import ParamError, check_range
 from fedsim.strategies.dp import DPConfig, dp_gradient, epsilon_spent, poisson_batches
 from fedsim.models.lora import lora_a_names
 from fedsim.state import Tensors
@@ -42,7 +42,7 @@ class LoRA(FedAvg):
         """The exchanged (and trained) tensors: adapters and head; FFA-LoRA leaves every A out."""
         a_names = lora_a_names(model)
         if not a_names:
-            raise ValueError(
+            raise ParamError(
                 f"strategy={type(self).__name__} needs a model with LoRA adapters (model=minilm_lora), got {type(model).__name__}"
             )
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}

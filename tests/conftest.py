@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,22 @@ def read_rounds(out_dir: Path) -> list[dict[str, Any]]:
 def metrics_only(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Round records without wall-clock fields, for equality checks."""
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+
+
+def cli_in_process(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``python -m fedsim *args`` run in this process (Hydra's entry point)."""
+    from fedsim.__main__ import main
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["fedsim", *args])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

@@ -33,7 +33,8 @@ def test_all_label_permutation_and_multi_label_flip():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"source": 1, "target": 1}, "source and target"), ({"target": 12}, "outside"), ({"mode": "x"}, "attack.mode")],
+    [({"source": 1, "target": 1}, "attack.target=1: must be a label other than the source 1"),
+     ({"target": 12}, r"attack.target=12: must be an integer in \[0, 9\]"), ({"mode": "x"}, "attack.mode='x'")],
 )
 def test_label_flip_rejects_bad_parameters(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -90,5 +91,5 @@ def test_mixed_assigns_disjoint_seeded_sets_with_true_roles():
     }
     roles = [a.role if a else BENIGN for a in acting]
     assert roles.count(MALICIOUS) == 8 and roles.count(UNRELIABLE) == 2
-    with pytest.raises(ValueError, match="need 30 clients"):
+    with pytest.raises(ValueError, match="components' 30 attackers to fit in num_clients=20"):
         Run(make_cfg("num_clients=20", "attack=mixed", "attack.fraction=0.3")).attack.for_client(0, 20, 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 from flwr.app import RecordDict
 from torch import nn
 
+from fedsim.params import ParamError
 from fedsim.privacy import DataFacts
 from fedsim.attacks.inversion.gifd import GIFD, auxiliary_pixels, project_onto_l1_ball
 from fedsim.attacks.inversion.inverting_gradients import InvertingGradients
@@ -33,10 +33,9 @@ def fedsgd_target(model: nn.Module, n: int, seed: int = 0) -> tuple[InversionTar
     return target, x, y
 
 
-def view_of(data) -> SimpleNamespace:
-    """The parts of a server's view that GIFD's prior needs: public data facts, held-out images, the seed."""
-    facts = DataFacts(tuple(data.input_shape), data.num_classes, tuple(data.mean), tuple(data.std))
-    return SimpleNamespace(data=facts, held_out=data.x_test, seed=0)
+def facts_of(data) -> DataFacts:
+    """The public data facts a server's view carries."""
+    return DataFacts(tuple(data.input_shape), data.num_classes, tuple(data.mean), tuple(data.std))
 
 
 def test_inversion_idlg_label_rule_on_hand_made_gradient():
@@ -123,14 +122,14 @@ def test_gifd_l1_projection_holds_after_every_step(tmp_path):
     torch.manual_seed(0)
     target, _, _ = fedsgd_target(CNN(DATA.input_shape, 10, channels=(8,), hidden=32), n=1)
     attack = CheckedGIFD(steps=6, restarts=1, radii=[0.05, 0.05, 0.05], generator_epochs=2, cache_dir=str(tmp_path))
-    attack.prepare_prior(view_of(DATA))
+    attack.prepare_prior(facts_of(DATA), DATA.x_test, 0)
     attack.reconstruct(target, None)
     assert len(checked) == 3 * 6
     assert max(checked) > 0.99  # the constraint was active, not vacuous
     cached = list(tmp_path.glob("gifd_generator_*.pt"))
     assert len(cached) == 1
     again = GIFD(generator_epochs=2, cache_dir=str(tmp_path))
-    again.prepare_prior(view_of(DATA))  # loaded from the cache, identical weights
+    again.prepare_prior(facts_of(DATA), DATA.x_test, 0)  # loaded from the cache, identical weights
     for a, b in zip(attack.generator.state_dict().values(), again.generator.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -157,9 +156,13 @@ def test_inversion_observer_in_simulation_scores_and_draws(run_sim):
     assert len(list(out.glob("privacy_InvertingGradients_round1_client*.png"))) == 2
 
 
-def test_inversion_skips_clients_above_max_images(run_sim):
-    _, rounds, _ = run_sim(*TINY_CLIENTS, "privacy_attack=idlg", "privacy_attack.max_images=1")
-    assert all("max_images=1" in c["skipped"] for c in rounds[0]["privacy"]["clients"].values())
+def test_inversion_skips_clients_above_max_images_and_refuses_a_run_where_it_skips_all(run_sim, caplog):
+    _, rounds, _ = run_sim(*TINY_CLIENTS, "privacy_attack=idlg", "privacy_attack.max_images=3", "privacy_attack.iterations=2")
+    assert "privacy_attack: " in caplog.text and "will be skipped" in caplog.text  # said up front
+    notes = rounds[0]["privacy"]["clients"]
+    assert notes and all("max_images=3" in c["skipped"] for c in notes.values() if "skipped" in c)
+    with pytest.raises(ParamError, match=r"privacy_attack.max_images=1: must be >= 3 \(the smallest attacked client's examples\)"):
+        run_sim(*TINY_CLIENTS, "privacy_attack=idlg", "privacy_attack.max_images=1")
 
 
 def test_inversion_through_ray_backend(run_sim):

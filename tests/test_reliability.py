@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_config, metrics_only, read_rounds
+from conftest import cli_in_process, make_config, metrics_only, read_rounds
 from fedsim.engine.replies import TooFewClients
 from fedsim.engine.simulation import simulate
 
@@ -114,7 +114,7 @@ def test_resume_skips_a_truncated_checkpoint(uninterrupted, tmp_path):
     newest.write_bytes(newest.read_bytes()[:1000])
     result = finish(fedsim_process(run_dir, f"resume={run_dir}"))
     assert result.returncode == 0, result.stderr
-    assert "round_000008.pt is unreadable" in result.stdout + result.stderr
+    assert "round_000008.pt is unusable" in result.stdout + result.stderr
     assert_same_run(run_dir, uninterrupted, 8)  # round 8 redone from the round-7 checkpoint
 
 
@@ -126,7 +126,7 @@ def test_all_checkpoints_corrupt_is_one_clear_error_and_loses_nothing(uninterrup
     rounds_before = (run_dir / "rounds.jsonl").read_text()
     result = finish(fedsim_process(run_dir, "resume=true"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("fedsim: error: no readable checkpoint in")
+    assert result.stderr.strip().splitlines()[-1].startswith("fedsim: error: no usable checkpoint in")
     assert (run_dir / "rounds.jsonl").read_text() == rounds_before
 
 
@@ -135,7 +135,7 @@ def test_resume_under_another_config_is_refused(uninterrupted, tmp_path):
     shutil.copytree(uninterrupted, run_dir)
     result = finish(fedsim_process(run_dir, "resume=true", "lr=0.5"))
     assert result.returncode == 2
-    assert "different config; refusing to resume" in result.stderr
+    assert "different config (lr: 0.05 -> 0.5); refusing to resume" in result.stderr
 
 
 @pytest.fixture
@@ -230,3 +230,78 @@ def test_resume_restores_component_state(tmp_path, component):
     (resumed / "checkpoints" / "round_000006.pt").unlink()
     simulate(make_config(*overrides, "resume=true"), resumed, progress=False)
     assert_same_run(resumed, full, 6)
+
+
+LIGHT = ["dataset=digits", "num_clients=4", "clients_per_round=4", "backend=inline", "progress=false", "checkpoint_every=1"]
+
+
+def test_resume_auto_starts_afresh_then_continues(tmp_path, monkeypatch):
+    run_dir = tmp_path / "requeued"
+    code, _, err = cli_in_process([*LIGHT, "rounds=2", "resume=auto", f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch)
+    assert code == 0, err
+    code, _, err = cli_in_process([*LIGHT, "rounds=3", "resume=auto", f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch)
+    assert code == 0, err  # a longer horizon extends the finished run
+    fresh = tmp_path / "fresh"
+    code, _, err = cli_in_process([*LIGHT, "rounds=3", f"hydra.run.dir={fresh}"], tmp_path, monkeypatch)
+    assert code == 0, err
+    assert metrics_only(read_rounds(run_dir)) == metrics_only(read_rounds(fresh))  # 2 + 1 rounds == 3 rounds
+    assert "rounds: 3" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_refused_resume_names_the_changed_fields_and_leaves_the_folder_untouched(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    code, _, err = cli_in_process([*LIGHT, "rounds=2", f"hydra.run.dir={run_dir}"], tmp_path, monkeypatch)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    code, _, err = cli_in_process([*LIGHT, "rounds=2", "lr=0.2", "backend.client_threads=2", f"resume={run_dir}"], tmp_path, monkeypatch)
+    assert code == 2
+    assert err.strip().splitlines()[-1].endswith("different config (backend.client_threads: 1 -> 2; lr: 0.05 -> 0.2); refusing to resume")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # config.yaml included
+
+
+@pytest.fixture
+def sleepy_module(tmp_path, monkeypatch):
+    """A test-only component: client 2 sleeps ``stall_s`` in every round (a persistent straggler)."""
+    (tmp_path / "sleepy.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+            from fedsim.attack import Attack
+
+
+            class Sleepy(Attack):
+                def __init__(self, stall_s, client=None):
+                    self.stall_s, self.client = stall_s, client
+
+                def for_client(self, client_id, num_clients, seed):
+                    return Sleepy(self.stall_s, client_id) if client_id == 2 else None
+
+                def poison_data(self, x, y, generator):
+                    time.sleep(self.stall_s)
+                    return x, y
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("sleepy", None)
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_a_ray_straggler_loses_only_its_own_rounds(tmp_path, sleepy_module, attempt):
+    """With one spare actor per straggler, its late task never pushes the next round's clients past
+    their deadline (Ray cannot interrupt a running actor task, so the late task keeps its actor
+    until it ends: with no spare actor the next round's clients queue behind it, see README).
+    Run in a fresh process, so that its Ray instance has the 5 actors asked for."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "fedsim", "dataset=digits", "num_clients=4", "clients_per_round=4", "rounds=3", "progress=false",
+         "backend=ray", "backend.num_cpus=5", "client_timeout_s=4.0", "attack._target_=sleepy.Sleepy", "+attack.stall_s=7.0",
+         f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    for record in read_rounds(run_dir):
+        assert record["failures"] == [{"client": 2, "reason": "no reply within client_timeout_s=4.0"}]
+        assert record["clients_aggregated"] == 3

@@ -65,12 +65,12 @@ def test_a_payload_planted_in_a_checkpoint_never_runs(tmp_path: Path) -> None:
     result = fedsim_cli(*args, f"resume={run_dir}")
     assert result.returncode == 0, result.stderr
     output = result.stdout + result.stderr
-    assert "round_000002.pt is unreadable" in output and "refused by the weights-only loader" in output
+    assert "round_000002.pt is unusable" in output and "refused by the weights-only loader" in output
     for path in (run_dir / "checkpoints").glob("*.pt"):
         plant(path)
     result = fedsim_cli(*args, f"resume={run_dir}")  # both planted: one line, nothing run
     assert result.returncode == 2
-    assert last_line(result).startswith("fedsim: error: no readable checkpoint in")
+    assert last_line(result).startswith("fedsim: error: no usable checkpoint in")
     assert not marker.exists()
 
 

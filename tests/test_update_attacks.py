@@ -31,13 +31,16 @@ def test_fraction_and_count_pick_seeded_attackers():
     [
         ({"fraction": 1.5}, "attack.fraction=1.5"),
         ({"count": -1}, "attack.count=-1"),
-        ({"fraction": 0.1, "count": 2}, "attack.fraction=0.1"),
         ({"fraction": 0.1, "scale": 0}, "attack.scale=0"),
     ],
 )
 def test_sign_flip_rejects_bad_parameters(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SignFlip(**kwargs)
+
+
+def test_count_overrides_the_fraction_a_config_file_sets():
+    assert SignFlip(fraction=0.2, count=3).num_selected(N) == 3
 
 
 def test_bad_noise_sigma_and_oversized_count_rejected():

@@ -13,6 +13,7 @@ and draws the PNG grid.
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -22,11 +23,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fedsim.params import check_choice, check_range
+from fedsim.component import RunFacts
+from fedsim.params import check_choice, check_range, check_that
 from fedsim.privacy import DataFacts, Observation, PrivacyAttack, Reconstruction, ServerView
 from fedsim.seeding import torch_generator
 from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate
+
+log = logging.getLogger("fedsim")
 
 LABEL_SOURCES = ("infer", "known")
 
@@ -204,6 +208,18 @@ class GradientInversion(PrivacyAttack):
         self.clients = None if clients is None else set(clients)
         self.max_images = max_images
         self.labels = labels
+
+    def check_run(self, run: RunFacts) -> None:
+        """Refuse a run in which every attacked client holds more than ``max_images`` examples; warn when some do."""
+        chosen = [cid for cid in range(run.num_clients) if self.clients is None or cid in self.clients]
+        sizes = [run.partition_sizes[cid] for cid in chosen if cid < run.num_clients]
+        skipped = sum(size > self.max_images for size in sizes)
+        check_that("privacy_attack.max_images", self.max_images, skipped < len(sizes),
+                   f">= {min(sizes, default=0)} (the smallest attacked client's examples), or every client is skipped; "
+                   "raise it, or give each client fewer examples (more num_clients)")
+        if skipped:
+            log.warning("privacy_attack: %d of %d attacked clients hold more than max_images=%d examples and will be skipped",
+                        skipped, len(sizes), self.max_images)
 
     @abstractmethod
     def reconstruct(self, target: InversionTarget, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

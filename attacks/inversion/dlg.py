@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from fedsim.params import check_range
 from fedsim.attacks.inversion.base import GradientInversion, InversionTarget, euclidean_distance
 
 
@@ -16,8 +17,7 @@ class DLG(GradientInversion):
 
     def __init__(self, iterations: int = 300, **observer: Any) -> None:
         super().__init__(**observer)
-        if iterations < 1:
-            raise ValueError(f"privacy_attack.iterations={iterations}: must be >= 1")
+        check_range("privacy_attack.iterations", iterations, low=1, integer=True)
         self.iterations = iterations
 
     def fixed_labels(self, target: InversionTarget) -> torch.Tensor | None:

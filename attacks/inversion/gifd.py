@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedsim.params import check_choice, check_range, check_that
 from fedsim.attacks.inversion.base import GradientInversion, InversionTarget
 from fedsim.attacks.inversion.gifd_generator import BlockGenerator, cached_generator
 from fedsim.data import digits
@@ -68,15 +69,12 @@ class GIFD(GradientInversion):
         super().__init__(**observer)
         for field, value in (("steps", steps), ("restarts", restarts), ("latent_dim", latent_dim),
                              ("generator_epochs", generator_epochs)):
-            if value < 1:
-                raise ValueError(f"privacy_attack.{field}={value}: must be >= 1")
+            check_range(f"privacy_attack.{field}", value, low=1, integer=True)
+        stages = len(BlockGenerator((1, 4, 4)).blocks) - 1
+        check_that("privacy_attack.radii", list(radii), len(radii) == stages, f"one radius per intermediate feature stage ({stages})")
         for field, value in (("lr", lr), ("feature_lr", feature_lr), *((f"radii[{i}]", r) for i, r in enumerate(radii))):
-            if value <= 0:
-                raise ValueError(f"privacy_attack.{field}={value}: must be > 0")
-        if len(radii) != len(BlockGenerator((1, 4, 4)).blocks) - 1:
-            raise ValueError(f"privacy_attack.radii={list(radii)}: needs one radius per intermediate feature stage (3)")
-        if aux_data not in AUX_SOURCES:
-            raise ValueError(f"privacy_attack.aux_data={aux_data!r}: must be one of {', '.join(AUX_SOURCES)}")
+            check_range(f"privacy_attack.{field}", value, low=0, low_open=True)
+        check_choice("privacy_attack.aux_data", aux_data, AUX_SOURCES)
         self.steps, self.restarts, self.lr, self.feature_lr = steps, restarts, lr, feature_lr
         self.radii, self.tv_weight, self.l2_weight = list(radii), tv_weight, l2_weight
         self.latent_dim, self.generator_epochs = latent_dim, generator_epochs
@@ -85,13 +83,14 @@ class GIFD(GradientInversion):
 
     def observe(self, view: ServerView) -> Observation | None:
         if self.generator is None and (self.rounds is None or view.round in self.rounds):
-            self.prepare_prior(view)
+            self.prepare_prior(view.data, view.held_out, view.seed)
         return super().observe(view)
 
-    def prepare_prior(self, view: ServerView) -> None:
-        """Load (or train once and cache) the generator on the server's auxiliary images."""
-        pixels = auxiliary_pixels(self.aux_data, view.data, view.held_out)
-        self.generator = cached_generator(pixels, self.latent_dim, self.generator_epochs, view.seed, Path(self.cache_dir))
+    def prepare_prior(self, data: DataFacts, held_out: np.ndarray, seed: int) -> None:
+        """Load (or train once and cache) the generator on the server's auxiliary images
+        (``held_out``, the server's own inputs, or sklearn digits, as ``aux_data`` says)."""
+        pixels = auxiliary_pixels(self.aux_data, data, held_out)
+        self.generator = cached_generator(pixels, self.latent_dim, self.generator_epochs, seed, Path(self.cache_dir))
 
     def reconstruct(self, target: InversionTarget, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.generator is None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsim.params import ParamError
 from fedsim.seeding import derive_seed
 
 
@@ -29,7 +30,7 @@ class BlockGenerator(nn.Module):
         super().__init__()
         c, h, w = image_shape
         if h % 4 or w % 4:
-            raise ValueError(f"privacy_attack: the generator needs image sides divisible by 4, got {h}x{w}")
+            raise ParamError(f"privacy_attack: the generator needs image sides divisible by 4, got {h}x{w}")
         self.latent_dim = latent_dim
         self.blocks = nn.ModuleList([
             nn.Sequential(nn.Linear(latent_dim, width * (h // 4) * (w // 4)), nn.ReLU(), nn.Unflatten(1, (width, h // 4, w // 4))),

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from fedsim.params import check_range
 from fedsim.attacks.inversion.base import GradientInversion, InversionTarget
 
 
@@ -23,13 +24,10 @@ class InvertingGradients(GradientInversion):
         self, iterations: int = 600, restarts: int = 1, lr: float = 0.1, tv_weight: float = 1e-2, **observer: Any
     ) -> None:
         super().__init__(**observer)
-        for field, value, low in (("iterations", iterations, 1), ("restarts", restarts, 1)):
-            if value < low:
-                raise ValueError(f"privacy_attack.{field}={value}: must be >= {low}")
-        if lr <= 0:
-            raise ValueError(f"privacy_attack.lr={lr}: must be > 0")
-        if tv_weight < 0:
-            raise ValueError(f"privacy_attack.tv_weight={tv_weight}: must be >= 0")
+        check_range("privacy_attack.iterations", iterations, low=1, integer=True)
+        check_range("privacy_attack.restarts", restarts, low=1, integer=True)
+        check_range("privacy_attack.lr", lr, low=0, low_open=True)
+        check_range("privacy_attack.tv_weight", tv_weight, low=0)
         self.iterations, self.restarts, self.lr, self.tv_weight = iterations, restarts, lr, tv_weight
 
     def reconstruct(self, target: InversionTarget, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fedsim.params import check_range
 from fedsim.attack import SelectedClientsAttack
 from fedsim.state import Tensors
 
@@ -16,8 +17,7 @@ class AdditiveNoise(SelectedClientsAttack):
 
     def __init__(self, fraction: float | None = None, count: int | None = None, sigma: float = 0.01) -> None:
         super().__init__(fraction, count)
-        if sigma <= 0:
-            raise ValueError(f"attack.sigma={sigma}: must be > 0")
+        check_range("attack.sigma", sigma, low=0, low_open=True)
         self.sigma = sigma
 
     def poison_update(self, update: Tensors, generator: torch.Generator) -> Tensors:

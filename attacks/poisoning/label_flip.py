@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fedsim.params import check_choice, check_range, check_that
 from fedsim.attack import SelectedClientsAttack
 from fedsim.evaluation import predictions
 
@@ -17,13 +18,11 @@ class FlipLabels(SelectedClientsAttack):
 
     def __init__(self, fraction: float | None, count: int | None, mapping: dict[int, int], num_classes: int) -> None:
         super().__init__(fraction, count)
-        if num_classes < 2:
-            raise ValueError(f"attack.num_classes={num_classes}: must be >= 2")
+        check_range("attack.num_classes", num_classes, low=2, integer=True)
         for source, target in mapping.items():
-            if not (0 <= source < num_classes and 0 <= target < num_classes):
-                raise ValueError(f"attack: label {source} -> {target} is outside 0..{num_classes - 1}")
-            if source == target:
-                raise ValueError(f"attack: source and target label are both {source}")
+            check_range("attack.source", source, 0, num_classes - 1, integer=True)
+            check_range("attack.target", target, 0, num_classes - 1, integer=True)
+            check_that("attack.target", target, source != target, f"a label other than the source {source}")
         self.num_classes = num_classes
         self.lookup = torch.arange(num_classes)
         for source, target in mapping.items():
@@ -61,12 +60,11 @@ class LabelFlip(FlipLabels):
         mode: str = "targeted",
         num_classes: int = 10,
     ) -> None:
+        check_choice("attack.mode", mode, ("targeted", "all"))
         if mode == "targeted":
             mapping = {source: target}
-        elif mode == "all":
-            mapping = {c: num_classes - 1 - c for c in range(num_classes) if c != num_classes - 1 - c}
         else:
-            raise ValueError(f"attack.mode={mode!r}: must be 'targeted' or 'all'")
+            mapping = {c: num_classes - 1 - c for c in range(num_classes) if c != num_classes - 1 - c}
         super().__init__(fraction, count, mapping, num_classes)
 
 
@@ -84,6 +82,5 @@ class MultiLabelFlip(FlipLabels):
         target: int = 7,
         num_classes: int = 10,
     ) -> None:
-        if not sources:
-            raise ValueError("attack.sources=[]: name at least one source label")
+        check_that("attack.sources", list(sources), len(sources) > 0, "a non-empty list of source labels")
         super().__init__(fraction, count, {int(s): target for s in sources}, num_classes)

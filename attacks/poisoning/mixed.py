@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from fedsim.attack import Attack, SelectedClientsAttack, attacker_order
+from fedsim.component import RunFacts
+from fedsim.params import check_that
 
 
 class Mixed(Attack):
@@ -20,21 +22,27 @@ class Mixed(Attack):
     name = "mixed"
 
     def __init__(self, components: dict[str, SelectedClientsAttack], fraction: float | None = None) -> None:
-        if not components:
-            raise ValueError("attack.components is empty")
+        check_that("attack.components", components, len(components) > 0, "a non-empty mapping of attacks")
         for key, attack in components.items():
-            if not isinstance(attack, SelectedClientsAttack):
-                raise ValueError(f"attack.components.{key} is not a SelectedClientsAttack")
+            check_that(f"attack.components.{key}", type(attack).__name__, isinstance(attack, SelectedClientsAttack),
+                       "an attack run by selected clients (a fedsim.attack.SelectedClientsAttack)")
             if not attack.has_size:
-                if fraction is None:
-                    raise ValueError(f"attack.components.{key}: set its fraction/count or attack.fraction")
+                check_that("attack.fraction", fraction, fraction is not None, f"set, or attack.components.{key}.fraction/count")
                 attack.fraction = fraction
-        self.components = components
+        self.components, self.fraction = components, fraction
+
+    def sizes(self, num_clients: int) -> list[int]:
+        """How many clients each component attack runs on; together at most ``num_clients``."""
+        sizes = [attack.num_selected(num_clients) for attack in self.components.values()]
+        check_that("attack.fraction", self.fraction, sum(sizes) <= num_clients,
+                   f"small enough for the components' {sum(sizes)} attackers to fit in num_clients={num_clients}")
+        return sizes
+
+    def check_run(self, run: RunFacts) -> None:
+        self.sizes(run.num_clients)
 
     def for_client(self, client_id: int, num_clients: int, seed: int) -> Attack | None:
-        sizes = [attack.num_selected(num_clients) for attack in self.components.values()]
-        if sum(sizes) > num_clients:
-            raise ValueError(f"attack.components need {sum(sizes)} clients but num_clients={num_clients}")
+        sizes = self.sizes(num_clients)
         order, start = attacker_order(num_clients, seed).tolist(), 0
         for attack, size in zip(self.components.values(), sizes):
             if client_id in order[start : start + size]:

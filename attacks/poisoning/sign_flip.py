@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fedsim.params import check_range
 from fedsim.attack import SelectedClientsAttack
 from fedsim.state import Tensors
 
@@ -16,8 +17,7 @@ class SignFlip(SelectedClientsAttack):
 
     def __init__(self, fraction: float | None = None, count: int | None = None, scale: float = 1.0) -> None:
         super().__init__(fraction, count)
-        if scale <= 0:
-            raise ValueError(f"attack.scale={scale}: must be > 0")
+        check_range("attack.scale", scale, low=0, low_open=True)
         self.scale = scale
 
     def poison_update(self, update: Tensors, generator: torch.Generator) -> Tensors:

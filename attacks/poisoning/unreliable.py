@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from fedsim.params import check_choice, check_range, check_that
 from fedsim.attack import UNRELIABLE, SelectedClientsAttack
 
 DEGRADATIONS = ("blur", "noise", "low_res")
@@ -32,15 +33,13 @@ class Unreliable(SelectedClientsAttack):
         noise_sigma: float = 1.0,
     ) -> None:
         super().__init__(fraction, count)
-        if degradation not in DEGRADATIONS:
-            raise ValueError(f"attack.degradation={degradation!r}: must be one of {', '.join(DEGRADATIONS)}")
+        check_choice("attack.degradation", degradation, DEGRADATIONS)
         for field, p in (("use_prob", use_prob), ("degrade_prob", degrade_prob)):
-            if not 0.0 < p <= 1.0:
-                raise ValueError(f"attack.{field}={p}: must be in (0, 1]")
-        if kernel < 1 or kernel % 2 == 0:
-            raise ValueError(f"attack.kernel={kernel}: must be a positive odd number")
-        if blur_sigma <= 0 or noise_sigma <= 0:
-            raise ValueError(f"attack.blur_sigma={blur_sigma}, attack.noise_sigma={noise_sigma}: must be > 0")
+            check_range(f"attack.{field}", p, 0, 1, low_open=True)
+        check_range("attack.kernel", kernel, low=1, integer=True)
+        check_that("attack.kernel", kernel, kernel % 2 == 1, "a positive odd number")
+        check_range("attack.blur_sigma", blur_sigma, low=0, low_open=True)
+        check_range("attack.noise_sigma", noise_sigma, low=0, low_open=True)
         self.degradation = degradation
         self.use_prob, self.degrade_prob = use_prob, degrade_prob
         self.kernel, self.blur_sigma, self.noise_sigma = kernel, blur_sigma, noise_sigma

@@ -36,7 +36,7 @@ import torch
 from flwr.app import RecordDict
 
 from common import OUT, config, figure, finish, print_table, run, save_figure
-from fedsim.checkpoint import CheckpointStore, config_fingerprint
+from fedsim.checkpoint import CheckpointStore
 from fedsim.engine.context import Run
 from fedsim.evaluation import evaluate, evaluate_for_labels
 from fedsim.engine.reconstruction_scores import psnr, score_batch, ssim
@@ -69,7 +69,7 @@ def personalised(overrides: list[str], name: str) -> dict[str, float]:
     """The final global model scored per client on its label distribution (mean), and on the plain test set."""
     cfg = config(overrides)
     env = Run(cfg)
-    checkpoint = CheckpointStore(OUT / name / "checkpoints").load_latest(config_fingerprint(cfg))
+    checkpoint = CheckpointStore(OUT / name / "checkpoints").load_latest(cfg)
     model = env.new_model()
     model.load_state_dict(checkpoint.global_state, strict=False)
     x, y = env.test_data()

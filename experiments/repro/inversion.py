@@ -27,6 +27,7 @@ from fedsim.attacks.inversion.inverting_gradients import InvertingGradients
 from fedsim.data import mnist5k
 from fedsim.attacks.inversion.base import InversionTarget
 from fedsim.models import CNN
+from fedsim.privacy import DataFacts
 from fedsim.engine.reconstruction_scores import save_grid, score_batch
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState
@@ -69,7 +70,8 @@ def main() -> int:
     print(f"CNN {sum(p.numel() for p in untrained.parameters())} parameters; trained state test accuracy {acc:.3f}")
     gifd = GIFD(steps=150, restarts=2, cache_dir=str(OUT / "cache"))
     started = time.perf_counter()
-    gifd.prepare_prior(data, SEED)  # the held-out test split: no client holds it
+    facts = DataFacts(tuple(data.input_shape), data.num_classes, tuple(data.mean), tuple(data.std))
+    gifd.prepare_prior(facts, data.x_test, SEED)  # the held-out test split: no client holds it
     print(f"GIFD prior (VAE decoder on the 1,000 held-out test images): {time.perf_counter() - started:.1f} s")
     # IG and GIFD get the same budget: 2 restarts x 600 steps (IG's usual 600 iterations; GIFD: 4 stages x 150).
     # At 75 steps a stage the latent search stops short (matching loss 0.02-0.17; 150 steps: 0.01-0.05).

@@ -11,10 +11,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, finish, plot, run  # noqa: E402
 
-HEADER_BYTES = 28
+HEADER_BYTES = 24  # round, client, steps, eps, log2(grad_min), log2 step per code
+BATCH = 32
 BASE = [
     "backend=inline", "dataset=digits", "model.hidden=[]", "progress=false", "seed=0",
-    "num_clients=4", "clients_per_round=4", "local_epochs=1", "batch_size=32", "rounds=100",
+    "num_clients=4", "clients_per_round=4", "local_epochs=1", f"batch_size={BATCH}", "rounds=100",
 ]
 
 
@@ -26,9 +27,10 @@ def main() -> None:
         if a["round"] == 1 or a["round"] % 10 == 0:
             print(f"{a['round']:>5} {a['test_loss']:>15.4f} {a['test_acc']:>9.4f} {b['test_loss']:>17.4f} {b['test_acc']:>11.4f}")
     clients = [c for r in spsa for c in r["clients"].values()]
-    steps = int(sum(c["spsa_steps"] for c in clients))
+    steps_of = [-(-int(c["num_examples"]) // BATCH) for c in clients]  # one step per mini-batch, one epoch
+    steps = sum(steps_of)
     spsa_bytes, fedavg_bytes = sum(r["bytes_up"] for r in spsa), sum(r["bytes_up"] for r in fedavg)
-    exact = all(c["bytes_up"] == c["spsa_steps"] + HEADER_BYTES for c in clients)
+    exact = all(c["bytes_up"] == n + HEADER_BYTES for c, n in zip(clients, steps_of))  # bytes measured by the server
     rejected = sum(len(r["rejected"]) for r in spsa)
     print(f"uplink bytes: SPSA {spsa_bytes:,} ({steps:,} steps, {(spsa_bytes - HEADER_BYTES * len(clients)) / steps:.3f} "
           f"byte/step + {HEADER_BYTES} B header per message), FedAvg {fedavg_bytes:,}: {fedavg_bytes / spsa_bytes:.0f}x fewer")

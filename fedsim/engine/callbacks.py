@@ -99,7 +99,7 @@ class Checkpointing:
     """Every ``every`` rounds and after the last: everything the next rounds depend on, written atomically."""
 
     store: CheckpointStore
-    fingerprint: str
+    config: dict[str, Any]  # the run's numbers-relevant config, recorded in every checkpoint
     parts: Components
     recorder: RunRecorder
     every: int
@@ -111,7 +111,7 @@ class Checkpointing:
         self.store.save(
             Checkpoint(
                 round=result.round,
-                fingerprint=self.fingerprint,
+                config=self.config,
                 global_state=result.global_state,
                 client_states={cid: {k: from_record(v) for k, v in s.items()} for cid, s in result.client_states.items()},
                 components={kind: c.state_dict() for kind, c in self.parts.by_kind().items()},

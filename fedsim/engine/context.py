@@ -10,6 +10,8 @@ and the clients never share a component object, on any backend (see docs/archite
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,7 @@ from torch import nn
 
 from fedsim.attack import Attack
 from fedsim.codec import Codec
+from fedsim.component import RunFacts
 from fedsim.data import ImageData, TextData
 from fedsim.defense import Defense
 from fedsim.params import ParamError
@@ -87,6 +90,12 @@ class RunContext:
     def rounds(self) -> int:
         return int(self.cfg["rounds"])
 
+    def facts(self) -> RunFacts:
+        """The run-wide facts components check themselves against (:meth:`Component.check_run`)."""
+        cfg = self.cfg
+        return RunFacts(self.num_clients, int(cfg["clients_per_round"]), int(cfg.get("min_clients") or 1),
+                        tuple(len(p) for p in self.partitions), tuple(self.data.input_shape), int(self.data.num_classes))
+
     def partition_size(self, client_id: int) -> int:
         """How many training examples client ``client_id`` truly holds (the simulator's own count)."""
         return len(self.partitions[client_id])
@@ -104,7 +113,42 @@ class RunContext:
         return torch.from_numpy(np.array(array)).to(self.device)
 
 
+def locate(path: str) -> Any:
+    """The object a dotted ``_target_`` path names: the longest importable module prefix, then attributes."""
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:split])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and not module_name.startswith(exc.name):
+                raise  # the module exists but imports something missing
+            continue
+        for attribute in parts[split:]:
+            obj = getattr(obj, attribute)
+        return obj
+    raise ModuleNotFoundError(f"no module named {parts[0]!r}")
+
+
+def check_arguments(node: Config, group: str) -> None:
+    """Every key of a component's config node must be an argument of its ``_target_`` (unless it takes ``**kwargs``)."""
+    try:
+        target = locate(node["_target_"])
+    except Exception as exc:  # a typo in the path, or the user's module failing to import
+        cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        raise ParamError(f"{group}._target_={node['_target_']}: cannot be imported ({cause}); a dotted path such as "
+                         "fedsim.strategies.fedavg.FedAvg, importable from the working directory") from None
+    parameters = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key, value in node.items():
+        if not key.startswith("_") and key not in accepted:
+            raise ParamError(f"{group}.{key}={value}: not an argument of {node['_target_']}; its arguments: {', '.join(accepted) or 'none'}")
+
+
 def _build(node: Config, expected: type, group: str) -> Any:
+    check_arguments(node, group)
     obj = instantiate(node, _convert_="all")
     if not isinstance(obj, expected):
         raise TypeError(f"{group}._target_={node.get('_target_')}: not a {expected.__module__}.{expected.__name__}")
@@ -142,6 +186,13 @@ def build_components(cfg: Config) -> Components:
             "is a robust rule of its own; use a screening defense (mudhog, krum, multi_krum) or defense=none"
         )
     return parts
+
+
+def check_fit(parts: Components, ctx: RunContext) -> None:
+    """Each component checks that it can work in this run (:meth:`Component.check_run`), before any work."""
+    facts = ctx.facts()
+    for component in parts.by_kind().values():
+        component.check_run(facts)
 
 
 class Run:

@@ -15,7 +15,7 @@ from typing import Any
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
-from fedsim.checkpoint import CheckpointError, CheckpointStore, config_fingerprint
+from fedsim.checkpoint import CheckpointError, CheckpointStore, numbers_config
 from fedsim.engine.callbacks import CentralEvaluation, Checkpointing, PrivacyObservers, Recording, RoundResult
 from fedsim.engine.context import Components, RunContext
 from fedsim.engine.harness import Truth
@@ -43,12 +43,11 @@ class FederatedServer:
         self.truth = Truth.of(parts.attack, ctx.num_clients, ctx.seed)  # the harness's; never on the wire
         self.client_states: dict[int, dict[str, Any]] = {}
         self.checkpoints = CheckpointStore(recorder.out_dir / "checkpoints")
-        self.fingerprint = config_fingerprint(self.cfg)
         self.callbacks = [
             CentralEvaluation(ctx, parts, self.truth),
             PrivacyObservers(ctx, parts, recorder.out_dir),
             Recording(recorder),
-            Checkpointing(self.checkpoints, self.fingerprint, parts, recorder, int(self.cfg.get("checkpoint_every") or 0), ctx.rounds),
+            Checkpointing(self.checkpoints, numbers_config(self.cfg), parts, recorder, int(self.cfg.get("checkpoint_every") or 0), ctx.rounds),
         ]
 
     def run(self, grid: Grid) -> Tensors:
@@ -69,9 +68,13 @@ class FederatedServer:
         global_state = self.parts.strategy.init_global(self.ctx.new_model())  # also sets up server-side attributes
         if not self.cfg.get("resume"):
             return 0, global_state
-        checkpoint = self.checkpoints.load_latest(self.fingerprint)
+        checkpoint = self.checkpoints.load_latest(self.cfg)
+        if checkpoint is None and self.cfg["resume"] == "auto":
+            log.warning("resume=auto: %s holds no checkpoint; starting afresh", self.checkpoints.folder)
+            return 0, global_state
         if checkpoint is None:
-            raise CheckpointError(f"resume requested but {self.checkpoints.folder} holds no checkpoint")
+            raise CheckpointError(f"resume requested but {self.checkpoints.folder} holds no checkpoint; "
+                                  "resume=auto starts afresh when there is none")
         for kind, component in self.parts.by_kind().items():
             component.load_state_dict(checkpoint.components[kind])
         self.client_states = {cid: {k: to_record(v) for k, v in s.items()} for cid, s in checkpoint.client_states.items()}

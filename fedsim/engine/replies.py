@@ -105,5 +105,8 @@ def count_problem(claimed: Any, true_size: int) -> str | None:
 def require_enough(server_round: int, got: Collected, sampled: int, min_clients: int) -> None:
     """Raise :class:`TooFewClients` when fewer than ``min_clients`` of the ``sampled`` clients sent a valid update."""
     if len(got.updates) < min_clients:
+        def summary(entries: list[dict[str, Any]]) -> str:  # first line of each reason: no tracebacks in the error line
+            return ", ".join(f"client {e['client']}: {str(e['reason']).strip().splitlines()[0]}" for e in entries) or "none"
+
         raise TooFewClients(f"round {server_round}: only {len(got.updates)} of {sampled} sampled clients sent a valid update "
-                            f"(min_clients={min_clients}); failures: {got.failures}; rejected: {got.rejected}")
+                            f"(min_clients={min_clients}); failures: {summary(got.failures)}; rejected: {summary(got.rejected)}")

@@ -21,7 +21,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.engine.client_app import build_client_app
-from fedsim.engine.context import Config, RunContext, build_components
+from fedsim.engine.context import Config, RunContext, build_components, check_fit
 from fedsim.engine.inline_grid import InlineGrid
 from fedsim.engine.loop import FederatedServer
 from fedsim.results import RunRecorder
@@ -40,12 +40,14 @@ def simulate(cfg: Config, out_dir: Path, progress: bool = True, ctx: RunContext 
     if backend not in BACKENDS:
         raise ValueError(f"backend.name={backend!r}; valid: {', '.join(BACKENDS)}")
     started = time.perf_counter()
-    recorder = RunRecorder(out_dir, trackers_for(cfg, out_dir), resuming=bool(cfg.get("resume")))
     if ctx is None:
         ctx = RunContext.from_config(cfg)
     elif ctx.cfg != cfg:
         raise ValueError("simulate: the run context was built from a different config")
-    server = FederatedServer(ctx, build_components(cfg), recorder, progress)
+    parts = build_components(cfg)
+    check_fit(parts, ctx)
+    recorder = RunRecorder(out_dir, trackers_for(cfg, out_dir))
+    server = FederatedServer(ctx, parts, recorder, progress)
     if backend == "inline":  # the frozen context is shared; the client side builds its own components
         run_inline(server, build_client_app(cfg, ctx), ctx.num_clients)
     else:  # every Ray actor builds its own context and components
