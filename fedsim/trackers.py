@@ -14,7 +14,6 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from fedsim.engine.context import Config
 
 
 def scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -31,7 +30,7 @@ def scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def flat_params(cfg: Config, prefix: str = "") -> dict[str, str]:
+def flat_params(cfg: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """The config as dotted keys -> strings (``strategy._target_``, ``partition.alpha``)."""
     out: dict[str, str] = {}
     for key, value in cfg.items():
@@ -84,7 +83,7 @@ class MLflowTracker(Tracker):
     """One MLflow run per simulation in a local file store (no server, no database): the config
     as params, round metrics with step = round, the summary as final metrics."""
 
-    def __init__(self, store: Path, experiment: str, run_name: str, cfg: Config) -> None:
+    def __init__(self, store: Path, experiment: str, run_name: str, cfg: dict[str, Any]) -> None:
         MlflowClient = optional_import("mlflow.tracking", "tracking.mlflow").MlflowClient
         self.conflict = optional_import("mlflow.exceptions", "tracking.mlflow").MlflowException
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's documented opt-in for file stores
@@ -120,7 +119,7 @@ def run_name(out_dir: Path) -> str:
     return "/".join(Path(out_dir).resolve().parts[-2:])
 
 
-def trackers_for(cfg: Config, out_dir: Path) -> list[Tracker]:
+def trackers_for(cfg: dict[str, Any], out_dir: Path) -> list[Tracker]:
     """The trackers ``cfg['tracking']`` switches on (none when the block is absent)."""
     tracking = cfg.get("tracking") or {}
     trackers: list[Tracker] = []
