@@ -19,7 +19,8 @@ from fedsim.training import GradientFn, OptimizerConfig
 
 
 class Codec(Component):
-    """Identity codec: the update is sent as dense float32 arrays."""
+    """Identity codec: the update is sent as its dense arrays, each in its own dtype (the server
+    checks it against the dtype the strategy expects: the model's, or a strategy's own wire format)."""
 
     def gradient_estimator(self, server_round: int, client_id: int) -> GradientFn | None:
         """Client side, before training: this codec's gradient estimator, or None (autograd)."""
@@ -27,7 +28,7 @@ class Codec(Component):
 
     def encode(self, update: Tensors, client_state: ClientState, server_round: int) -> ArrayRecord:
         """Client side: the update as the arrays that go on the wire."""
-        return to_record({k: v.float() for k, v in update.items()})
+        return to_record(update)
 
     def decode(self, record: ArrayRecord, global_state: Tensors, lr: float, optimizer: OptimizerConfig) -> Tensors:
         """Server side: the update back from the wire arrays.

@@ -26,6 +26,8 @@ def validate(cfg: Config) -> None:
     check_range("num_clients", cfg["num_clients"], low=1, integer=True)
     check_range("clients_per_round", cfg["clients_per_round"], 1, cfg["num_clients"], integer=True)
     check_range("local_epochs", cfg["local_epochs"], low=1, integer=True)
+    if cfg.get("local_steps") is not None:
+        check_range("local_steps", cfg["local_steps"], low=1, integer=True)
     check_range("batch_size", cfg["batch_size"], low=1, integer=True)
     check_range("seed", cfg["seed"], low=0, integer=True)
     check_range("lr", cfg["lr"], 0, MAX_LR, low_open=True)

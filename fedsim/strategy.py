@@ -9,6 +9,7 @@ The engine never names a concrete strategy: they are chosen with ``strategy._tar
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -61,11 +62,14 @@ class LocalTask:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     config: dict[str, float | int | str] = field(default_factory=dict)
     extra: Tensors = field(default_factory=dict)  # per-client tensors the server sent (e.g. FedSpeed's h_i)
+    local_steps: int | None = None  # at most this many mini-batch steps per round (None: every batch of local_epochs)
     gradient: GradientFn | None = None  # a codec's own gradient estimator (zeroth-order SPSA), else autograd
 
     def batches(self, epochs: int | None = None) -> Iterator[Batch]:
-        """Shuffled mini-batches over ``epochs`` epochs (default ``local_epochs``), drawn from ``generator``."""
-        return iter(shuffled_batches(self.x, self.y, self.batch_size, self.local_epochs if epochs is None else epochs, self.generator))
+        """Shuffled mini-batches over ``epochs`` epochs (default ``local_epochs``), drawn from ``generator``;
+        at most ``local_steps`` of them when that is set (minibatch FedSGD: ``local_steps=1``)."""
+        batches = shuffled_batches(self.x, self.y, self.batch_size, self.local_epochs if epochs is None else epochs, self.generator)
+        return itertools.islice(batches, self.local_steps) if self.local_steps is not None and epochs is None else iter(batches)
 
     def trainable(self) -> Tensors:
         """The model's parameters that the payload carries and that require gradients."""
@@ -189,6 +193,11 @@ class Strategy(Component, ABC):
     def upload_shapes(self, global_state: Tensors) -> dict[str, tuple[int, ...]]:
         """The arrays (names and shapes) a valid client upload must hold."""
         return {k: tuple(v.shape) for k, v in global_state.items()}
+
+    def upload_dtypes(self, global_state: Tensors) -> dict[str, torch.dtype]:
+        """The dtype each uploaded array must have: the global tensor's of the same name (floating point
+        for a name the global state lacks)."""
+        return {k: global_state[k].dtype for k in self.upload_shapes(global_state) if k in global_state}
 
     @abstractmethod
     def local_update(self, task: LocalTask) -> LocalResult:

@@ -20,8 +20,8 @@ def update_problem(
 ) -> str | None:
     """Why ``update`` must be rejected, or None if it is well-formed.
 
-    Checks: exactly the expected array names, their shapes, a floating dtype (exactly
-    ``dtypes[name]`` where given: a float64 upload must not turn the model float64),
+    Checks: exactly the expected array names, their shapes, the dtype (exactly ``dtypes[name]``
+    where given, so a float64 upload cannot turn the model float64; else floating point),
     finite values, and (if ``max_norm`` is set) the global L2 norm.
     """
     missing = sorted(set(expected) - set(update))
@@ -33,10 +33,11 @@ def update_problem(
         tensor = update[name]
         if tuple(tensor.shape) != tuple(shape):
             return f"{name}: shape {tuple(tensor.shape)}, expected {tuple(shape)}"
-        if not tensor.is_floating_point():
+        if dtypes is not None and name in dtypes:
+            if tensor.dtype != dtypes[name]:
+                return f"{name}: dtype {tensor.dtype}, expected {dtypes[name]}"
+        elif not tensor.is_floating_point():
             return f"{name}: dtype {tensor.dtype} is not floating point"
-        if dtypes is not None and name in dtypes and tensor.dtype != dtypes[name]:
-            return f"{name}: dtype {tensor.dtype}, expected {dtypes[name]}"
         if not bool(torch.isfinite(tensor).all()):
             return f"{name}: contains NaN or Inf"
         squared += float(tensor.double().pow(2).sum())

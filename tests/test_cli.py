@@ -33,7 +33,7 @@ def test_cfg_job_shows_the_config(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["strategy=fedavgg"], "strategy=fedavgg: unknown option; valid strategy options: fedavg, fedprox, fedspeed, ffa_lora, hyperfl, lora, monna"),
+        (["strategy=fedavgg"], "strategy=fedavgg: unknown option; valid strategy options: fedavg, fedavgm, fedprox, fedspeed, ffa_lora, hyperfl, lora, monna, one_byte_spsa"),
         (["partition=dirichlet", "partition.alpha=0"], "partition.alpha=0: must be > 0"),
         (["clients_per_round=20"], "clients_per_round=20: must be an integer in [1, 10]"),
         (["lr=-0.1"], "lr=-0.1: must be in (0, 1000]"),

@@ -97,11 +97,12 @@ def test_dgc_warmup_densities_rise_exponentially_then_hold() -> None:
     assert DeepGradientCompression(sparsity=0.999).density_at(1) == pytest.approx(0.001)
 
 
-def test_dgc_local_clipping_scales_with_workers() -> None:
+def test_dgc_local_clipping_is_per_tensor_and_scales_with_workers() -> None:
     codec = DeepGradientCompression(sparsity=0.0, momentum=0.0, clip_norm=2.0, workers=4)
-    update = {"w": torch.full((10, 10), 1.0)}
+    update = {"w": torch.full((10, 10), 1.0), "v": torch.full((3, 3), 0.1)}
     sent = codec.decode(codec.encode(update, ClientState(RecordDict()), 1), {}, 0.1, OptimizerConfig())
-    assert math.isclose(float(sent["w"].norm()), 2.0 / math.sqrt(4), rel_tol=1e-6)
+    assert math.isclose(float(sent["w"].norm()), 2.0 / math.sqrt(4), rel_tol=1e-5)  # clipped to its own bound
+    assert torch.equal(sent["v"], update["v"])  # norm 0.3 < 1: untouched, whatever the other tensor's norm
 
 
 @pytest.mark.parametrize(

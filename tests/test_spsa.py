@@ -8,7 +8,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-from fedsim.compression.spsa import OneByteSPSA, SpsaHeader
+from fedsim.compression.spsa import LogByteCode, OneByteSPSA, SpsaHeader
 from conftest import Run
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState
@@ -80,18 +80,20 @@ def test_spsa_run_uploads_one_byte_per_step_and_loss_falls_with_clients_joining_
 
 
 def test_spsa_byte_code_is_logarithmic_signed_and_clipped() -> None:
-    codec = OneByteSPSA(seed=0, grad_min=1e-4, grad_max=1e2)
-    header = SpsaHeader(1, 0, 0, 1e-3, codec.log2_min, codec.log2_step)
+    code = LogByteCode.spanning(1e-4, 1e2)
+    header = SpsaHeader(1, 0, 0, 1e-3, code.log2_min, code.log2_step)
+    assert header.code == code and OneByteSPSA(seed=0, grad_min=1e-4, grad_max=1e2).code == code
+    header = code
     assert header.quantize(0.0) == 0 and header.dequantize(0) == 0.0
     assert header.quantize(1e-6) == 0 and header.quantize(float("nan")) == 0
     assert header.quantize(1e9) == 127 and header.quantize(-float("inf")) == -127
-    max_error = 2 ** (codec.log2_step / 2) - 1
+    max_error = 2 ** (code.log2_step / 2) - 1
     for g in torch.logspace(-3.999, 2, 200, dtype=torch.float64).tolist():
         for signed in (g, -g):
-            code = header.quantize(signed)
-            assert -127 <= code <= 127 and math.copysign(1, code) == math.copysign(1, signed)
-            assert abs(header.dequantize(code) / signed - 1) <= max_error + 1e-12
-            assert header.quantize(header.dequantize(code)) == code
+            byte = header.quantize(signed)
+            assert -127 <= byte <= 127 and math.copysign(1, byte) == math.copysign(1, signed)
+            assert abs(header.dequantize(byte) / signed - 1) <= max_error + 1e-12
+            assert header.quantize(header.dequantize(byte)) == byte
 
 
 @pytest.mark.parametrize(

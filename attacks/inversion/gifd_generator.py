@@ -90,7 +90,7 @@ def cached_generator(pixels: np.ndarray, latent_dim: int, epochs: int, seed: int
     path = Path(cache_dir).expanduser() / f"gifd_generator_{key}.pt"
     if path.exists():
         generator = BlockGenerator(tuple(pixels.shape[1:]), latent_dim)
-        generator.load_state_dict(torch.load(path, map_location="cpu"))
+        generator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return generator.eval().requires_grad_(False)
     generator = train_generator(pixels, latent_dim, epochs, seed)
     path.parent.mkdir(parents=True, exist_ok=True)

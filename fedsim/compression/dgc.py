@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord
 from fedsim.codec import Codec
 from fedsim.params import check_range
 from fedsim.state import ClientState, Tensors, to_record
-from fedsim.training import OptimizerConfig
+from fedsim.training import OptimizerConfig, clip_by_norm
 
 INDICES, VALUES, SHAPE = ".__indices__", ".__values__", ".__shape__"
 
@@ -48,7 +48,8 @@ class DeepGradientCompression(Codec):
     Bandwidth for Distributed Training", ICLR 2018).
 
     Per client, per encoded update g (a one-step gradient update -lr*grad in FedSGD, or a round's
-    model delta): optional local clipping of g to ``clip_norm / sqrt(workers)``; momentum correction
+    model delta): optional local clipping of each tensor of g to L2 norm ``clip_norm / sqrt(workers)``
+    (per tensor, as the reference synxlin/deep-gradient-compression clips in its memory); momentum correction
     u = m*u + g, v = v + u (without it: v = v + g); the top ``density`` fraction of |v| per tensor is
     sent as (int32 index, float32 value); v is zeroed where sent and, with momentum factor masking,
     so is u. Warm-up lowers the density exponentially (``warmup_start``, x``warmup_factor`` per stage)
@@ -96,11 +97,9 @@ class DeepGradientCompression(Codec):
 
     def encode(self, update: Tensors, client_state: ClientState, server_round: int) -> ArrayRecord:
         update = {k: t.detach().float() for k, t in update.items()}
-        if self.clip_norm is not None:
-            norm = torch.sqrt(sum(t.pow(2).sum() for t in update.values()))
+        if self.clip_norm is not None:  # per tensor, as the reference's clip_grad_norm_ in DGCSGDMemory.compensate
             limit = self.clip_norm / math.sqrt(self.workers)
-            if norm > limit:
-                update = {k: t * (limit / norm) for k, t in update.items()}
+            update = {k: clip_by_norm({k: t}, limit)[k] for k, t in update.items()}
         velocity = client_state.get("dgc.momentum") or {k: torch.zeros_like(t) for k, t in update.items()}
         residual = client_state.get("dgc.residual") or {k: torch.zeros_like(t) for k, t in update.items()}
         density = self.density_at(server_round)

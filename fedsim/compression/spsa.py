@@ -34,6 +34,33 @@ def as_float32(value: float) -> float:
 
 
 @dataclass(frozen=True)
+class LogByteCode:
+    """One signed byte per projected gradient: 0 below ``2**log2_min`` (and for NaN), else sign x
+    (1 + log-magnitude level), 127 log-spaced levels per sign up to the clipping bound."""
+
+    log2_min: float
+    log2_step: float
+
+    @classmethod
+    def spanning(cls, grad_min: float, grad_max: float) -> "LogByteCode":
+        """The code over [grad_min, grad_max], its two numbers rounded to float32 (as a header carries them)."""
+        log2_min = math.log2(grad_min)
+        return cls(as_float32(log2_min), as_float32((math.log2(grad_max) - log2_min) / (LEVELS - 1)))
+
+    def quantize(self, grad: float) -> int:
+        if math.isnan(grad) or abs(grad) < 2.0**self.log2_min:
+            return 0
+        level = LEVELS - 1 if math.isinf(grad) else round((math.log2(abs(grad)) - self.log2_min) / self.log2_step)
+        return int(math.copysign(1 + min(max(level, 0), LEVELS - 1), grad))
+
+    def dequantize(self, code: int) -> float:
+        """The projected gradient a code stands for (both ends apply this value, not the float they measured)."""
+        if code == 0:
+            return 0.0
+        return math.copysign(2.0 ** (self.log2_min + (abs(code) - 1) * self.log2_step), code)
+
+
+@dataclass(frozen=True)
 class SpsaHeader:
     """The fixed 24-byte header of an SPSA message: who, when, how many steps, and the code's scale."""
 
@@ -48,30 +75,30 @@ class SpsaHeader:
     def pack(self) -> torch.Tensor:
         raw = struct.pack(self.FORMAT, self.round, self.client_id, self.steps, self.eps, self.log2_min, self.log2_step)
         return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
     @classmethod
     def unpack(cls, array: np.ndarray) -> "SpsaHeader":
         if array.dtype != np.uint8 or array.size != struct.calcsize(cls.FORMAT):
             raise ValueError(f"SPSA header must be {struct.calcsize(cls.FORMAT)} uint8 bytes, got {array.size} {array.dtype}")
         return cls(*struct.unpack(cls.FORMAT, array.tobytes()))
 
-    def quantize(self, grad: float) -> int:
-        """One signed byte: 0 below grad_min (and for NaN), else sign x (1 + log-magnitude level), clipped at 127."""
-        if math.isnan(grad) or abs(grad) < 2.0**self.log2_min:
-            return 0
-        level = LEVELS - 1 if math.isinf(grad) else round((math.log2(abs(grad)) - self.log2_min) / self.log2_step)
-        return int(math.copysign(1 + min(max(level, 0), LEVELS - 1), grad))
-
-    def dequantize(self, code: int) -> float:
-        """The projected gradient a code stands for (both ends apply this value, not the float they measured)."""
-        if code == 0:
-            return 0.0
-        return math.copysign(2.0 ** (self.log2_min + (abs(code) - 1) * self.log2_step), code)
+    @property
+    def code(self) -> LogByteCode:
+        return LogByteCode(self.log2_min, self.log2_step)
 
 
 def direction(params: Params, seed: int) -> Params:
     """z ~ N(0, I) for every tensor of ``params``, regenerated from ``seed`` in sorted name order (MeZO)."""
     generator = torch.Generator().manual_seed(seed)
     return {n: torch.randn(params[n].shape, generator=generator, dtype=params[n].dtype).to(params[n].device) for n in sorted(params)}
+
+
+def projected_gradient(loss_fn: LossFn, params: Params, batch: Batch, z: Params, eps: float) -> tuple[float, float]:
+    """(mean of the two losses, (loss(theta + eps z) - loss(theta - eps z)) / (2 eps)); theta is not modified."""
+    with torch.no_grad():
+        loss_plus = float(loss_fn({n: p + eps * z[n] for n, p in params.items()}, *batch))
+        loss_minus = float(loss_fn({n: p - eps * z[n] for n, p in params.items()}, *batch))
+    return (loss_plus + loss_minus) / 2, (loss_plus - loss_minus) / (2 * eps)
 
 
 @dataclass
@@ -84,13 +111,10 @@ class SpsaEstimator:
 
     def __call__(self, loss_fn: LossFn, params: Params, batch: Batch) -> tuple[float, Params]:
         z = direction(params, self.codec.step_seed(self.header.round, self.header.client_id, len(self.codes)))
-        eps = self.header.eps
-        with torch.no_grad():
-            loss_plus = float(loss_fn({n: p + eps * z[n] for n, p in params.items()}, *batch))
-            loss_minus = float(loss_fn({n: p - eps * z[n] for n, p in params.items()}, *batch))
-        code = self.header.quantize((loss_plus - loss_minus) / (2 * eps))
+        loss, grad = projected_gradient(loss_fn, params, batch, z, self.header.eps)
+        code = self.header.code.quantize(grad)
         self.codes.append(code)
-        return (loss_plus + loss_minus) / 2, scaled(z, self.header.dequantize(code))
+        return loss, scaled(z, self.header.code.dequantize(code))
 
 
 def scaled(z: Params, g: float) -> Params:
@@ -119,8 +143,7 @@ class OneByteSPSA(Codec):
         check_that("compression.grad_max", grad_max, grad_max > grad_min, f"> compression.grad_min={grad_min}")
         self.seed = int(seed)
         self.eps = eps
-        self.log2_min = math.log2(grad_min)
-        self.log2_step = (math.log2(grad_max) - self.log2_min) / (LEVELS - 1)
+        self.code = LogByteCode.spanning(grad_min, grad_max)
         self.estimator: SpsaEstimator | None = None  # client side, one message's
 
     def step_seed(self, server_round: int, client_id: int, step: int) -> int:
@@ -128,7 +151,7 @@ class OneByteSPSA(Codec):
         return derive_seed(self.seed, SEED_PURPOSE, server_round, client_id, step)
 
     def gradient_estimator(self, server_round: int, client_id: int) -> GradientFn:
-        header = SpsaHeader(server_round, client_id, 0, as_float32(self.eps), as_float32(self.log2_min), as_float32(self.log2_step))
+        header = SpsaHeader(server_round, client_id, 0, as_float32(self.eps), self.code.log2_min, self.code.log2_step)
         self.estimator = SpsaEstimator(self, header)
         return self.estimator
 
@@ -148,7 +171,7 @@ class OneByteSPSA(Codec):
         params = {name: tensor.detach().clone() for name, tensor in global_state.items()}
         step, state = Optimizer(optimizer), {}
         for index, code in enumerate(codes.tolist()):
-            grads = scaled(direction(params, self.step_seed(header.round, header.client_id, index)), header.dequantize(code))
+            grads = scaled(direction(params, self.step_seed(header.round, header.client_id, index)), header.code.dequantize(code))
             if optimizer.grad_clip is not None:
                 grads = clip_by_norm(grads, optimizer.grad_clip)
             params, state = step.step(params, grads, state, lr)

@@ -93,6 +93,7 @@ def run_local_round(side: ClientSide, message: Message, client_id: int) -> Messa
         optimizer=side.optimizer,
         config=round_config,
         extra=extra,
+        local_steps=None if cfg.get("local_steps") is None else int(cfg["local_steps"]),
         gradient=parts.codec.gradient_estimator(server_round, client_id),
     )
     result = parts.strategy.local_update(task)

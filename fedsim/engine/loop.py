@@ -92,7 +92,8 @@ class FederatedServer:
         replies = [(client_of[r.metadata.src_node_id], r) for r in grid.send_and_receive(messages, timeout=timeout)]
         lr = float(round_config.get("lr", self.cfg["lr"]))
         expected = strategy.upload_shapes(global_state)
-        got = collect(self.ctx, self.parts.codec, server_round, replies, global_state, expected, lr, self.optimizer, self.client_states)
+        got = collect(self.ctx, self.parts.codec, server_round, replies, global_state, expected, lr, self.optimizer,
+                      self.client_states, strategy.upload_dtypes(global_state))
         for cid in sorted(set(sampled) - {cid for cid, _ in replies}):
             got.fail(server_round, cid, "no reply" if timeout is None else f"no reply within client_timeout_s={timeout}")
         require_enough(server_round, got, len(sampled), int(self.cfg.get("min_clients") or 1))

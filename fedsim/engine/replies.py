@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from flwr.app import Message
 
 from fedsim.codec import Codec
@@ -63,12 +64,15 @@ def collect(
     lr: float,
     optimizer: OptimizerConfig,
     client_states: ArrayRecordMap,
+    dtypes: dict[str, torch.dtype] | None = None,
 ) -> Collected:
-    """Decode and validate ``(client id, reply)`` pairs in client order; hosted client states are updated in place."""
+    """Decode and validate ``(client id, reply)`` pairs in client order; hosted client states are updated in place.
+    ``dtypes``: each uploaded array's required dtype (default: the global tensor's of the same name)."""
     got = Collected()
     max_norm = ctx.cfg.get("max_update_norm")
     max_state_mb = float(ctx.cfg["max_client_state_mb"])
-    dtypes = {name: global_state[name].dtype for name in expected if name in global_state}
+    if dtypes is None:  # the global tensors' own
+        dtypes = {name: global_state[name].dtype for name in expected if name in global_state}
     for cid, reply in sorted(replies, key=lambda pair: pair[0]):
         if reply.has_error():
             got.fail(server_round, cid, reply.error.reason)
