@@ -63,3 +63,20 @@ class ClientState:
 
 
 ArrayRecordMap = dict[int, dict[str, ArrayRecord]]  # client id -> its hosted state entries
+
+
+def stack_flat(updates: list[Tensors]) -> tuple[torch.Tensor, list[str], Tensors]:
+    """Updates as the rows of one float matrix (tensors in the first update's key order), the key order,
+    and a template of shapes and dtypes for :func:`unflatten`."""
+    names = list(updates[0])
+    return torch.stack([torch.cat([u[n].flatten().float() for n in names]) for u in updates]), names, updates[0]
+
+
+def unflatten(vector: torch.Tensor, names: list[str], like: Tensors) -> Tensors:
+    """A flat vector split back into tensors shaped and typed like ``like`` (in ``names`` order)."""
+    out, start = {}, 0
+    for name in names:
+        ref = like[name]
+        out[name] = vector[start : start + ref.numel()].view(ref.shape).to(ref.dtype).clone()
+        start += ref.numel()
+    return out

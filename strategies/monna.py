@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedsim.params import check_range, check_that
-from fedsim.state import ClientState, Tensors
+from fedsim.state import ClientState, Tensors, stack_flat, unflatten
 from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, ScoredModel, Strategy, model_holding
 
 MOMENTUM_KEY = "monna.momentum"
@@ -75,13 +75,12 @@ class MoNNA(Strategy):
         """Each node's new model is the mean of the q - f received half steps nearest its own
         (q received; its own is the pivot). Returns the mean of all nodes' models. ``combine`` is
         not used: nearest-neighbour averaging is the aggregation rule."""
-        names = list(global_state)
-        flat = torch.stack([torch.cat([u.update[n].flatten() for n in names]) for u in updates])
+        flat, names, _ = stack_flat([{n: u.update[n] for n in global_state} for u in updates])
         keep = max(len(updates) - self.f, 1)
         distances = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")
         nearest = distances.topk(keep, dim=1, largest=False).indices
         for row, update in enumerate(updates):
-            self.node_models[update.client_id] = unflatten(flat[nearest[row]].mean(0), global_state)
+            self.node_models[update.client_id] = unflatten(flat[nearest[row]].mean(0), names, global_state)
         models = list(self.node_models.values())
         return {n: sum(m[n] for m in models) / len(models) for n in names}
 
@@ -90,11 +89,3 @@ class MoNNA(Strategy):
     ) -> dict[int | None, ScoredModel]:
         """Every node's own model (the harness scores the honest nodes' mean)."""
         return {c: ScoredModel(model_holding(state, new_model)) for c, state in self.node_models.items()}
-
-def unflatten(vector: torch.Tensor, like: Tensors) -> Tensors:
-    """Split a flat vector back into tensors shaped like ``like`` (in its key order)."""
-    out, start = {}, 0
-    for name, ref in like.items():
-        out[name] = vector[start : start + ref.numel()].view_as(ref).clone()
-        start += ref.numel()
-    return out
