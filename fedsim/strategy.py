@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fedsim.component import Component
+from fedsim.network import Network
 from fedsim.state import ClientState, Tensors
 from fedsim.training import (
     Batch,
@@ -189,6 +190,10 @@ class Strategy(Component, ABC):
         inputs to logits. Default: the configured model holding the global state.
         """
         return model_holding(global_state, new_model)
+
+    def bind_network(self, network: Network) -> None:
+        """Server side, before round 1: the simulated network a peer-to-peer strategy's messages travel
+        (who receives whom; built by the engine from the harness's attack assignment). Ignored by default."""
 
     def upload_shapes(self, global_state: Tensors) -> dict[str, tuple[int, ...]]:
         """The arrays (names and shapes) a valid client upload must hold."""

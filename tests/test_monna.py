@@ -21,8 +21,10 @@ from strategy_helpers import ce_grad, linear_model, one_sample_task, run_rounds
 BETA, WD, LR, DECAY_ROUNDS = 0.9, 0.01, 0.5, 4.0
 
 
-def test_monna_one_step_two_clients_matches_hand_computation() -> None:
-    strategy = MoNNA(num_clients=2, clients_per_round=2, f=0, beta=BETA, weight_decay=WD, lr_decay_rounds=DECAY_ROUNDS)
+@pytest.mark.parametrize(("every", "done"), [(1, 2), (2, 2), (50, 0)])  # round 3: 2 steps done, rounded down to `every`
+def test_monna_one_step_two_clients_matches_hand_computation(every: int, done: int) -> None:
+    strategy = MoNNA(num_clients=2, clients_per_round=2, f=0, beta=BETA, weight_decay=WD, lr_decay_rounds=DECAY_ROUNDS,
+                     lr_decay_every=every)
     w0, b0 = torch.tensor([[0.5, -1.0], [0.2, 0.3]]), torch.tensor([0.1, -0.2])
     state = {"weight": w0, "bias": b0}
     data = [(torch.tensor([1.0, 2.0]), 0), (torch.tensor([-1.5, 0.5]), 1)]
@@ -30,7 +32,7 @@ def test_monna_one_step_two_clients_matches_hand_computation() -> None:
     states = [ClientState(RecordDict()), ClientState(RecordDict())]
     states[1].put(MOMENTUM_KEY, prior)  # node 1 carries momentum from earlier rounds
     server_round = 3
-    gamma = LR / (1 + (server_round - 1) / DECAY_ROUNDS)
+    gamma = LR / (1 + done / DECAY_ROUNDS)
     updates = []
     for cid, ((x, y), cs) in enumerate(zip(data, states)):
         m = cs.get(MOMENTUM_KEY) or {k: torch.zeros_like(v) for k, v in state.items()}
@@ -93,3 +95,37 @@ def test_monna_survives_sign_flipping_nodes_where_plain_averaging_collapses(tmp_
     dsgd = run_rounds(tmp_path / "dsgd", *common, "strategy.f=0")[-1]["test_acc"]
     monna = run_rounds(tmp_path / "monna", *common, "strategy.f=2")[-1]["test_acc"]
     assert dsgd < 0.2 and monna > 0.5, (dsgd, monna)
+
+
+def test_reference_reception_gives_an_honest_node_itself_all_byzantines_and_n_minus_2f_minus_1_honest() -> None:
+    from fedsim.network import AdversarialDelivery
+
+    byzantine = frozenset({10, 11, 12})
+    network = AdversarialDelivery(byzantine, seed=0)
+    senders = list(range(13))
+    draws = set()
+    for receiver in (0, 4):
+        got = network.received(5, receiver, senders)
+        assert len(got) == 13 - 3 and receiver in got and byzantine <= set(got)
+        assert len([s for s in got if s not in byzantine and s != receiver]) == 13 - 2 * 3 - 1
+        assert network.received(5, receiver, senders) == got  # seeded by (round, receiver)
+        draws.add(tuple(got))
+    assert network.received(6, 0, senders) != network.received(5, 0, senders) or len(draws) == 2
+    assert network.received(5, 11, senders) == senders  # a Byzantine receiver hears everyone
+
+
+def test_monna_under_the_reference_network_keeps_the_n_minus_2f_nearest_of_what_it_receives() -> None:
+    from fedsim.network import AdversarialDelivery
+
+    strategy = MoNNA(num_clients=7, clients_per_round=7, f=2)
+    strategy.bind_network(AdversarialDelivery(frozenset({5, 6}), seed=0))
+    state = {"w": torch.zeros(1)}
+    updates = [ClientUpdate(c, {"w": torch.tensor([float(c)])}, 1) for c in range(5)]
+    updates += [ClientUpdate(5, {"w": torch.tensor([100.0])}, 1), ClientUpdate(6, {"w": torch.tensor([-100.0])}, 1)]
+    strategy.aggregate(1, state, updates, strategy.combine)
+    heard = strategy.network.received(1, 0, list(range(7)))  # q = 5: itself, 5, 6 and two honest
+    honest_heard = sorted(float(c) for c in heard if c < 5)
+    torch.testing.assert_close(strategy.node_models[0]["w"], torch.tensor([sum(honest_heard) / 3]))  # keeps q - f = 3
+    trimmed = MoNNA(num_clients=7, clients_per_round=7, f=2, reception="complete", rule="trimmed_mean")
+    trimmed.aggregate(1, state, updates, trimmed.combine)
+    torch.testing.assert_close(trimmed.node_models[0]["w"], torch.tensor([2.0]))  # drops 2 from each end of 7

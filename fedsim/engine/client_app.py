@@ -115,6 +115,7 @@ def build_client_app(cfg: Config, context: RunContext | None = None) -> ClientAp
 
     @app.query()
     def identify(message: Message, context_: Context) -> Message:
+        client_side_for(cfg, context)  # warm up: the worker loads data and builds components before round 1's clock
         return Message(RecordDict({"identity": ConfigRecord({"partition_id": partition_id(context_)})}), reply_to=message)
 
     @app.train()

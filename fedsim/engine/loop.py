@@ -24,6 +24,7 @@ from fedsim.engine.nodes import discover
 from fedsim.engine.replies import Collected, collect, require_enough
 from fedsim.engine.round_record import round_record
 from fedsim.engine.weights import cap_weight_shares
+from fedsim.network import AdversarialDelivery
 from fedsim.results import RunRecorder
 from fedsim.sampling import sample_clients
 from fedsim.state import Tensors, to_record
@@ -41,6 +42,8 @@ class FederatedServer:
         self.cfg = ctx.cfg
         self.optimizer = OptimizerConfig(**self.cfg["optimizer"])
         self.truth = Truth.of(parts.attack, ctx.num_clients, ctx.seed)  # the harness's; never on the wire
+        byzantine = frozenset(c for c in range(ctx.num_clients) if self.truth.malicious(c))
+        parts.strategy.bind_network(AdversarialDelivery(byzantine, ctx.seed))
         self.client_states: dict[int, dict[str, Any]] = {}
         self.checkpoints = CheckpointStore(recorder.out_dir / "checkpoints")
         self.callbacks = [

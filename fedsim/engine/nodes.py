@@ -9,7 +9,8 @@ from flwr.serverapp import Grid
 
 
 def discover(grid: Grid, num_clients: int, timeout_s: float = 300.0) -> dict[int, int]:
-    """Ask every node which client (partition) it plays: client id -> node id."""
+    """Ask every node which client (partition) it plays: client id -> node id. Answering also warms the
+    worker up (data loaded, components built), so that no client's round-1 deadline pays for it."""
     if hasattr(grid, "pull_interval"):
         grid.pull_interval = 0.005  # Flower's default 0.1 s poll dominates small rounds
     deadline = time.monotonic() + timeout_s
