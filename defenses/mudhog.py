@@ -33,8 +33,9 @@ class MudHog(Defense):
     Gradients against Poisoning Attacks", ESORICS 2022; reference LabSAINT/MUD-HoG_Federated_Learning).
 
     Per client the server keeps a long HoG (sum of all its updates) and a short HoG (mean of its
-    last ``short_window`` updates, a real moving window: the reference code's frozen window is
-    not reproduced). After ``tau0`` plain rounds, each round: (1) sign-flip suspects have a short
+    last ``short_window`` updates: ``short_window_mode=paper``, the paper's moving window;
+    ``official`` reproduces the reference code, whose deque keeps appending the same dict so the
+    short HoG freezes at the mean of the client's first ``short_window`` updates). After ``tau0`` plain rounds, each round: (1) sign-flip suspects have a short
     HoG with negative cosine to the median short HoG of the not-confirmed clients (the paper;
     ``sign_flip_history=long`` uses the long HoGs instead, which stay separated once the model
     converges and honest short HoGs shrink towards noise); (2) additive-
@@ -58,7 +59,9 @@ class MudHog(Defense):
         dbscan_min_samples: int = 5,
         sign_flip_history: str = "short",
         mean: str = "uniform",
+        short_window_mode: str = "paper",
     ) -> None:
+        check_choice("defense.short_window_mode", short_window_mode, ("paper", "official"))
         for field, value, low in (
             ("tau0", tau0, 0),
             ("short_window", short_window, 1),
@@ -72,7 +75,7 @@ class MudHog(Defense):
         self.mean = mean
         self.tau0, self.short_window, self.confirm_rounds = tau0, short_window, confirm_rounds
         self.dbscan_eps, self.dbscan_min_samples = dbscan_eps, dbscan_min_samples
-        self.sign_flip_history = sign_flip_history
+        self.sign_flip_history, self.short_window_mode = sign_flip_history, short_window_mode
         self.long: dict[int, np.ndarray] = {}
         self.recent: dict[int, deque[np.ndarray]] = {}
         self.suspicion: defaultdict[int, int] = defaultdict(int)  # consecutive suspicious rounds
@@ -88,7 +91,8 @@ class MudHog(Defense):
             flat = torch.cat([v.detach().flatten().double().cpu() for v in u.update.values()]).numpy()
             self.long[u.client_id] = self.long.get(u.client_id, 0.0) + flat
             window = self.recent.setdefault(u.client_id, deque(maxlen=self.short_window))
-            window.append(flat)
+            if self.short_window_mode == "paper" or len(window) < self.short_window:  # official: frozen once full
+                window.append(flat)
 
     def short_hog(self, client_id: int) -> np.ndarray:
         """Mean of the client's last ``short_window`` updates."""

@@ -97,3 +97,14 @@ def test_mudhog_end_to_end_excludes_confirmed_sign_flippers(tmp_path):
     flippers = {c for c, m in last["clients"].items() if m["kind"] == "sign_flip"}
     assert flippers <= {str(c) for c in last["excluded"]}
     assert last["test_acc"] > 0.7
+
+
+def test_official_short_window_freezes_after_the_first_updates_as_the_reference_code() -> None:
+    paper, official = MudHog(short_window=3), MudHog(short_window=3, short_window_mode="official")
+    for step in range(1, 7):
+        update = [ClientUpdate(0, {"w": torch.full((2,), float(step))}, 1)]
+        paper.record(update)
+        official.record(update)
+    np.testing.assert_allclose(paper.short_hog(0), [5.0, 5.0])  # mean of steps 4, 5, 6: a moving window
+    np.testing.assert_allclose(official.short_hog(0), [2.0, 2.0])  # mean of steps 1, 2, 3, frozen
+    np.testing.assert_allclose(official.long[0], paper.long[0])  # the long HoG is the same sum either way
