@@ -45,7 +45,8 @@ def run(cfg: DictConfig) -> float | None:
 
     try:  # dataset, partition and components: bad values fail here, before training
         ctx = RunContext.from_config(resolved)
-        check_fit(build_components(resolved), ctx)
+        parts = build_components(resolved)
+        check_fit(parts, ctx)
     except (ValueError, FileNotFoundError, TypeError, InstantiationException) as exc:
         cause = exc
         while cause.__cause__ is not None and not isinstance(cause, ParamError):
@@ -56,7 +57,7 @@ def run(cfg: DictConfig) -> float | None:
     if not resume:  # a resumed run's folder is rewritten only once its checkpoint has been accepted
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     try:
-        summary = simulate(resolved, out_dir, progress=bool(resolved["progress"]), ctx=ctx)
+        summary = simulate(resolved, out_dir, progress=bool(resolved["progress"]), ctx=ctx, parts=parts)
     except (CheckpointError, TooFewClients, ParamError) as exc:  # ParamError: a check that needs the model (HyperFL's head)
         fail(str(exc))
     if resume:

@@ -10,8 +10,6 @@ corrupt newest one falls back to the one before.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -60,11 +58,6 @@ def config_changes(saved: dict[str, Any], cfg: dict[str, Any], done_rounds: int)
         for key in sorted(set(saved) | set(now))
         if saved.get(key) != now.get(key) and not (extendable and key in HORIZON_KEYS)
     ]
-
-
-def config_fingerprint(cfg: dict[str, Any]) -> str:
-    """A hash of everything in the resolved config that determines the run's numbers (horizon included)."""
-    return hashlib.sha256(json.dumps(numbers_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_failure(exc: Exception) -> str:
@@ -157,14 +150,9 @@ def soundness_problem(checkpoint: Checkpoint, rounds: int) -> str | None:
     tensors = [("global_state", checkpoint.global_state)]
     tensors += [(f"client {cid}", entries) for cid, entries in checkpoint.client_states.items()]
     for where, tree in tensors:
-        for name, tensor in flatten_tensors(tree):
-            if not isinstance(tensor, torch.Tensor) or (tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())):
+        for name, leaf in flatten(tree).items():
+            if isinstance(leaf, dict):
+                continue  # an empty record holds no tensor
+            if not isinstance(leaf, torch.Tensor) or (leaf.is_floating_point() and not bool(torch.isfinite(leaf).all())):
                 return f"{where}: {name} is not a finite tensor"
     return None
-
-
-def flatten_tensors(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted name, leaf) for every leaf of nested dicts."""
-    if isinstance(tree, dict):
-        return [pair for key, value in tree.items() for pair in flatten_tensors(value, f"{prefix}{key}.")]
-    return [(prefix.rstrip("."), tree)]

@@ -27,6 +27,11 @@ def record_nbytes(record: ArrayRecord) -> int:
     return sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in record.values())
 
 
+def tensors_nbytes(tensors: Tensors) -> int:
+    """Payload bytes of ``tensors`` (element count x item size), as :func:`record_nbytes` counts a record."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 STATE_PREFIX = "state."  # message entries carrying a client's persistent state
 
 

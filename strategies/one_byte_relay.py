@@ -12,7 +12,7 @@ from torch import nn
 from fedsim.compression.spsa import LogByteCode, direction, projected_gradient
 from fedsim.params import check_choice, check_range, check_that
 from fedsim.seeding import derive_seed
-from fedsim.state import ClientState, Tensors
+from fedsim.state import Tensors, tensors_nbytes
 from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, Strategy
 from fedsim.training import model_loss
 
@@ -137,9 +137,7 @@ class OneByteRelay(Strategy):
 
     def payload_for(self, client_id: int, global_state: Tensors) -> Tensors:
         relay = self.relay(self.synced.get(client_id, 1), self.current_round)
-        relay_bytes = sum(t.numel() * t.element_size() for t in relay.values())
-        model_bytes = sum(t.numel() * t.element_size() for t in global_state.values())
-        return global_state if client_id not in self.synced and model_bytes < relay_bytes else relay
+        return global_state if client_id not in self.synced and tensors_nbytes(global_state) < tensors_nbytes(relay) else relay
 
     def configure_round(self, server_round: int) -> dict[str, float | int | str]:
         self.current_round = server_round  # the round whose messages payload_for writes next
@@ -192,9 +190,3 @@ class OneByteRelay(Strategy):
         task.client_state.put(REPLICA, params)
         task.client_state.put(SYNCED, {"round": torch.tensor([task.round])})
         return LocalResult({"values": self.to_wire(grads)}, len(task.y), {"train_loss": sum(losses) / len(losses)})
-
-
-def client_replica(state: ClientState) -> tuple[Tensors | None, int]:
-    """A client's hosted replica and the round it holds (for tests and scoring)."""
-    synced = state.get(SYNCED)
-    return state.get(REPLICA), int(synced["round"].item()) if synced is not None else 0

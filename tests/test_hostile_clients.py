@@ -164,7 +164,7 @@ def test_no_malformed_reply_ever_reaches_the_aggregate(screening_server, specs):
     assert len(global_state) == 4  # the MLP's two weights and two biases, one mutation each
     replies = [(i, reply_message(spec, global_state, 1001 + i)) for i, spec in enumerate(specs)]
     expected = run.strategy.upload_shapes(global_state)
-    got = collect(run.ctx, run.codec, 1, replies, global_state, expected, 0.1, OptimizerConfig(), {})
+    got = collect(run.ctx, run.codec, 1, replies, global_state, expected, 0.1, OptimizerConfig(), {}, run.strategy.upload_dtypes(global_state))
     accepted = [u.client_id for u in got.updates]
     assert accepted == [i for i, spec in enumerate(specs) if well_formed(spec)]
     assert sorted(accepted + [r["client"] for r in got.rejected]) == list(range(len(specs)))

@@ -178,7 +178,7 @@ def server():
 def collected(server, *replies: Message, client_states: dict | None = None):
     run, state = server
     return collect(run.ctx, run.codec, 1, list(enumerate(replies)), state, run.strategy.upload_shapes(state), 0.1,
-                   OptimizerConfig(), {} if client_states is None else client_states)
+                   OptimizerConfig(), {} if client_states is None else client_states, run.strategy.upload_dtypes(state))
 
 
 def small_update(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

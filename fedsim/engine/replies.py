@@ -64,15 +64,13 @@ def collect(
     lr: float,
     optimizer: OptimizerConfig,
     client_states: ArrayRecordMap,
-    dtypes: dict[str, torch.dtype] | None = None,
+    dtypes: dict[str, torch.dtype],
 ) -> Collected:
     """Decode and validate ``(client id, reply)`` pairs in client order; hosted client states are updated in place.
-    ``dtypes``: each uploaded array's required dtype (default: the global tensor's of the same name)."""
+    ``dtypes``: each uploaded array's required dtype (:meth:`Strategy.upload_dtypes`)."""
     got = Collected()
     max_norm = ctx.cfg.get("max_update_norm")
     max_state_mb = float(ctx.cfg["max_client_state_mb"])
-    if dtypes is None:  # the global tensors' own
-        dtypes = {name: global_state[name].dtype for name in expected if name in global_state}
     for cid, reply in sorted(replies, key=lambda pair: pair[0]):
         if reply.has_error():
             got.fail(server_round, cid, reply.error.reason)

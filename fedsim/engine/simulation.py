@@ -21,7 +21,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.engine.client_app import build_client_app
-from fedsim.engine.context import Config, RunContext, build_components, check_fit
+from fedsim.engine.context import Components, Config, RunContext, build_components, check_fit
 from fedsim.engine.inline_grid import InlineGrid
 from fedsim.engine.loop import FederatedServer
 from fedsim.results import RunRecorder
@@ -30,11 +30,15 @@ from fedsim.trackers import trackers_for
 BACKENDS = ("inline", "ray")
 
 
-def simulate(cfg: Config, out_dir: Path, progress: bool = True, ctx: RunContext | None = None) -> dict[str, Any]:
+def simulate(
+    cfg: Config, out_dir: Path, progress: bool = True, ctx: RunContext | None = None, parts: Components | None = None
+) -> dict[str, Any]:
     """Run the simulation described by the resolved config ``cfg``; results go to ``out_dir``.
 
     ``ctx``: the run context already built from this same ``cfg`` (a script running several
-    simulations of one config loads the data once); built here when None."""
+    simulations of one config loads the data once); built here when None. ``parts``: the server's
+    components, already built from ``cfg`` and checked against ``ctx`` (:func:`check_fit`), as the CLI
+    does before any work; built and checked here when None."""
     quiet_engine_logs(bool(cfg.get("verbose", False)))
     backend = cfg["backend"]["name"]
     if backend not in BACKENDS:
@@ -44,8 +48,9 @@ def simulate(cfg: Config, out_dir: Path, progress: bool = True, ctx: RunContext 
         ctx = RunContext.from_config(cfg)
     elif ctx.cfg != cfg:
         raise ValueError("simulate: the run context was built from a different config")
-    parts = build_components(cfg)
-    check_fit(parts, ctx)
+    if parts is None:
+        parts = build_components(cfg)
+        check_fit(parts, ctx)
     recorder = RunRecorder(out_dir, trackers_for(cfg, out_dir))
     server = FederatedServer(ctx, parts, recorder, progress)
     if backend == "inline":  # the frozen context is shared; the client side builds its own components
