@@ -42,9 +42,12 @@ def test_codec_gradient_estimator_drives_the_strategys_loop(run_sim) -> None:
     assert trained[1]["test_acc"] > records[1]["test_acc"]
 
 
-def test_dense_codec_ignores_global_state() -> None:
+def test_dense_codec_decodes_the_update_not_the_global_state() -> None:
+    """The update and the global state differ everywhere, so a decode that returned (or added) the
+    global state could not pass."""
     env = Run(make_config())
     state = env.strategy.init_global(env.new_model())
+    update = {k: torch.randn_like(v) * 0.01 for k, v in state.items()}
     codec = Codec()
-    decoded = codec.decode(codec.encode(state, None, 1), state, 0.1, OptimizerConfig())
-    assert all(torch.equal(decoded[k], state[k]) for k in state)
+    decoded = codec.decode(codec.encode(update, None, 1), state, 0.1, OptimizerConfig())
+    assert all(torch.equal(decoded[k], update[k]) and not torch.equal(decoded[k], state[k]) for k in state)

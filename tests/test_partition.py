@@ -135,16 +135,29 @@ def test_exact_cover_property(raw: list[int], data: st.DataObject) -> None:
     assert_exact_cover(iid(labels, num_clients, seed), n, num_clients)
 
     alpha = data.draw(st.floats(0.05, 100.0), label="alpha")
+    # "No draw" is allowed only where the split is really improbable. For alpha >= 1 a client's
+    # share of a class is Beta(alpha, (k-1) alpha), which puts it under one sample of n with
+    # probability <= about k/n; at n >= 2k^2 a draw leaves no client empty with probability
+    # >= ~exp(-1/2), so 1000 draws all failing has probability < 1e-200.
+    feasible = alpha >= 1 and n >= 2 * num_clients**2
     try:
         assert_exact_cover(dirichlet(labels, num_clients, seed, alpha), n, num_clients)
-    except ValueError as err:  # only allowed when no draw left every client non-empty
-        assert "no draw" in str(err)
+    except ValueError as err:
+        assert "no draw" in str(err) and not feasible, f"{err} (n={n}, clients={num_clients}, alpha={alpha})"
 
     cpc = data.draw(st.integers(1, 4), label="classes_per_client")
     if num_classes <= num_clients * cpc <= n:
         parts = shards(labels, num_clients, seed, cpc)
         assert_exact_cover(parts, n, num_clients)
         assert max(len(np.unique(labels[p])) for p in parts) <= cpc
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dirichlet_splits_small_datasets_and_refuses_only_the_improbable(seed: int) -> None:
+    labels = np.repeat(np.arange(3), 20)  # 60 samples
+    assert_exact_cover(dirichlet(labels, 5, seed, 1.0), 60, 5)  # n >= 2 k^2: always found
+    with pytest.raises(ValueError, match="no draw in 1000 gave every one of 60 clients >= 1 samples with alpha=0.05"):
+        dirichlet(labels, 60, seed, 0.05)  # one sample each, at alpha 0.05: essentially never
 
 
 @pytest.mark.parametrize("name", ["iid", "dirichlet", "shards"])

@@ -140,7 +140,8 @@ def test_resume_under_another_config_is_refused(uninterrupted, tmp_path):
 
 @pytest.fixture
 def faulty_module(tmp_path, monkeypatch):
-    """A test-only component: client 1 kills its own process once; client 2 stalls in round 2."""
+    """A test-only component: client 1 kills its own process ``kills`` times (default once), then never
+    again (the marker file); client 2 stalls ``stall_s`` on its first call."""
     (tmp_path / "faulty.py").write_text(
         textwrap.dedent(
             """
@@ -149,15 +150,18 @@ def faulty_module(tmp_path, monkeypatch):
 
 
             class Faulty(Attack):
-                def __init__(self, marker, stall_s=0.0, client=None):
-                    self.marker, self.stall_s, self.client = marker, stall_s, client
+                def __init__(self, marker, stall_s=0.0, kills=1, client=None):
+                    self.marker, self.stall_s, self.kills, self.client = marker, stall_s, kills, client
 
                 def for_client(self, client_id, num_clients, seed):
-                    return Faulty(self.marker, self.stall_s, client_id) if client_id in (1, 2) else None
+                    return Faulty(self.marker, self.stall_s, self.kills, client_id) if client_id in (1, 2) else None
 
                 def poison_data(self, x, y, generator):
-                    if self.client == 1 and not os.path.exists(self.marker):
-                        open(self.marker, "w").close()
+                    killed = sum(os.path.exists(f"{self.marker}.{i}") for i in range(self.kills))
+                    if self.client == 1 and not os.path.exists(self.marker) and killed < self.kills:
+                        open(f"{self.marker}.{killed}", "w").close()
+                        if killed + 1 == self.kills:
+                            open(self.marker, "w").close()
                         os.kill(os.getpid(), signal.SIGKILL)
                     if self.client == 2 and self.stall_s and not os.path.exists(self.marker + ".stalled"):
                         open(self.marker + ".stalled", "w").close()
@@ -181,11 +185,25 @@ def test_killed_ray_worker_is_restarted_and_its_clients_rerun(run_sim, faulty_mo
     assert metrics_only(killed) == metrics_only(plain)
 
 
+def test_a_client_that_kills_its_ray_worker_twice_loses_only_that_round(run_sim, faulty_module):
+    """The retry dies too: client 1's round-1 contribution is lost, the run and every other client go on."""
+    _, rounds, _ = run_sim("backend=ray", "rounds=3", "attack._target_=faulty.Faulty", f"+attack.marker={faulty_module}",
+                           "+attack.kills=2")
+    assert os.path.exists(f"{faulty_module}.1")  # killed twice
+    assert [f["client"] for f in rounds[0]["failures"]] == [1]
+    assert rounds[0]["clients_aggregated"] == 3
+    assert [(r["failures"], r["clients_aggregated"]) for r in rounds[1:]] == [([], 4), ([], 4)]
+
+
+# Deadlines with structural margins: a stall of 8 s against a 4 s deadline, while a cold client's
+# first round takes about 1 s, so the verdict never depends on how warm the process is.
+TIMEOUT, STALL = "client_timeout_s=4.0", "+attack.stall_s=8.0"
+
+
 def test_client_over_the_timeout_loses_its_round(run_sim, faulty_module, caplog):
     open(faulty_module, "w").close()  # no kill here: only the stall
-    _, rounds, _ = run_sim("rounds=2", "client_timeout_s=1.0", "attack._target_=faulty.Faulty",
-                           f"+attack.marker={faulty_module}", "+attack.stall_s=2.5")
-    assert rounds[0]["failures"] == [{"client": 2, "reason": "no reply within client_timeout_s=1.0"}]
+    _, rounds, _ = run_sim("rounds=2", TIMEOUT, "attack._target_=faulty.Faulty", f"+attack.marker={faulty_module}", STALL)
+    assert rounds[0]["failures"] == [{"client": 2, "reason": "no reply within client_timeout_s=4.0"}]
     assert rounds[0]["clients_aggregated"] == 3
     assert rounds[1]["failures"] == [] and rounds[1]["clients_aggregated"] == 4
     assert any("client 2 failed: no reply within" in m for m in caplog.messages)
@@ -193,11 +211,60 @@ def test_client_over_the_timeout_loses_its_round(run_sim, faulty_module, caplog)
 
 def test_fewer_valid_replies_than_min_clients_stops_the_run(tmp_path, faulty_module):
     open(faulty_module, "w").close()
-    cfg = make_config("min_clients=4", "client_timeout_s=1.0", "attack._target_=faulty.Faulty",
-                      f"+attack.marker={faulty_module}", "+attack.stall_s=2.5")
+    cfg = make_config("min_clients=4", TIMEOUT, "attack._target_=faulty.Faulty", f"+attack.marker={faulty_module}", STALL)
     with pytest.raises(TooFewClients, match=r"round 1: only 3 of 4 sampled clients sent a valid update \(min_clients=4\)"):
         simulate(cfg, tmp_path / "run", progress=False)
     assert os.path.exists(faulty_module + ".stalled")
+
+
+@pytest.fixture
+def second_call_faults(tmp_path, monkeypatch):
+    """A test-only component: on its second call (round 2) client 2 raises and client 3 stalls 8 s."""
+    (tmp_path / "second_call.py").write_text(
+        textwrap.dedent(
+            """
+            import os, time
+            from fedsim.attack import Attack
+
+
+            class SecondCallFaults(Attack):
+                def __init__(self, folder, client=None):
+                    self.folder, self.client = folder, client
+
+                def for_client(self, client_id, num_clients, seed):
+                    return SecondCallFaults(self.folder, client_id) if client_id in (2, 3) else None
+
+                def poison_data(self, x, y, generator):
+                    marker = os.path.join(self.folder, f"called_{self.client}")
+                    if not os.path.exists(marker):
+                        open(marker, "w").close()
+                    elif self.client == 2:
+                        raise RuntimeError("client 2 breaks in round 2")
+                    else:
+                        time.sleep(8.0)
+                    return x, y
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield str(tmp_path)
+    sys.modules.pop("second_call", None)
+
+
+def test_a_failed_or_silent_client_keeps_the_state_it_had(tmp_path, second_call_faults):
+    """DGC's residuals live in client state: a client that raises, or misses the deadline, in round 2
+    keeps its round-1 state (README, "Faults"), while the clients that replied move on."""
+    run_dir = tmp_path / "run"
+    simulate(make_config("compression=dgc", "rounds=2", "checkpoint_every=1", TIMEOUT, "attack._target_=second_call.SecondCallFaults",
+                         f"+attack.folder={second_call_faults}"), run_dir, progress=False)
+    after_1, after_2 = checkpoint_at(run_dir, 1), checkpoint_at(run_dir, 2)
+    assert [f["client"] for f in after_2["records"][1]["failures"]] == [2, 3]
+    for cid in (2, 3):
+        assert after_1["client_states"][cid], "no state to keep"
+        assert_equal_nested(after_2["client_states"][cid], after_1["client_states"][cid], f"client {cid}")
+    for cid in (0, 1):  # the clients that replied did change theirs
+        with pytest.raises(AssertionError):
+            assert_equal_nested(after_2["client_states"][cid], after_1["client_states"][cid])
 
 
 def test_ray_run_checkpoints_the_same_state_as_inline(tmp_path):
@@ -212,24 +279,39 @@ def test_ray_run_checkpoints_the_same_state_as_inline(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "component",
+    ("component", "rounds", "every"),
     [
-        ("strategy=monna", "strategy.f=1"),  # node models on the server, momenta in client state
-        ("compression=spsa_one_byte",),
-        ("compression=dgc", "clients_per_round=2"),  # residuals of clients sampled at different rounds
-        ("attack=sign_flip", "attack.fraction=0.25", "defense=mudhog"),  # update histories on the server
+        (("strategy=monna", "strategy.f=1"), 6, 3),  # node models on the server, momenta in client state
+        (("compression=spsa_one_byte",), 6, 3),
+        (("compression=dgc", "clients_per_round=2"), 6, 3),  # residuals of clients sampled at different rounds
+        # update histories and verdicts on the server: resumed from round 5, after MUD-HoG has flagged the flipper
+        (("attack=sign_flip", "attack.fraction=0.25", "defense=mudhog"), 8, 5),
     ],
     ids=["monna", "spsa", "dgc", "mudhog"],
 )
-def test_resume_restores_component_state(tmp_path, component):
-    """Every stateful component resumes exactly: drop the last checkpoint, resume from round 3."""
-    overrides = [*component, "rounds=6", "checkpoint_every=3"]
+def test_resume_restores_component_state(tmp_path, component, rounds, every):
+    """Every stateful component resumes exactly: drop the last checkpoint, resume from the one before."""
+    overrides = [*component, f"rounds={rounds}", f"checkpoint_every={every}"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     simulate(make_config(*overrides), full, progress=False)
     shutil.copytree(full, resumed)
-    (resumed / "checkpoints" / "round_000006.pt").unlink()
+    (resumed / "checkpoints" / f"round_{rounds:06d}.pt").unlink()
+    if "defense=mudhog" in component:  # the state being resumed holds a verdict, not only histories
+        assert checkpoint_at(resumed, every)["components"]["defense"]["confirmed"]
     simulate(make_config(*overrides, "resume=true"), resumed, progress=False)
-    assert_same_run(resumed, full, 6)
+    assert_same_run(resumed, full, rounds)
+
+
+def test_a_resume_on_another_backend_with_other_logging_continues_bit_identically(tmp_path):
+    """Backend and logging are run control, not numbers: an inline run resumed on Ray, verbose and with
+    another checkpoint interval, ends as the uninterrupted inline run."""
+    overrides = ["compression=dgc", "attack=sign_flip", "attack.fraction=0.25", "defense=mudhog", "rounds=4"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    simulate(make_config(*overrides, "checkpoint_every=2"), full, progress=False)
+    shutil.copytree(full, resumed)
+    (resumed / "checkpoints" / "round_000004.pt").unlink()
+    simulate(make_config(*overrides, "checkpoint_every=1", "backend=ray", "verbose=true", "resume=true"), resumed, progress=False)
+    assert_same_run(resumed, full, 4)
 
 
 LIGHT = ["dataset=digits", "num_clients=4", "clients_per_round=4", "backend=inline", "progress=false", "checkpoint_every=1"]

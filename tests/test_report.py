@@ -65,25 +65,40 @@ def test_report_has_one_row_per_job_with_axes_and_summary_values(sweep):
         assert (sweep / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def write_job(folder: Path, overrides: list[str], acc: float, rounds: list[dict]) -> None:
-    """A finished job's files as fedsim writes them (for metrics the core cannot produce yet)."""
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (folder / "summary.json").write_text(json.dumps({"final_test_acc": acc, "bytes_up_total": 10, "wall_s": 1.0}))
-    (folder / "rounds.jsonl").write_text("".join(json.dumps({"round": i + 1, **r}) + "\n" for i, r in enumerate(rounds)))
+@pytest.fixture(scope="module")
+def attacked_sweep(tmp_path_factory) -> Path:
+    """A real 2-job multirun with every optional metric family: label flipping against MUD-HoG (ASR,
+    source recall, detection) and an iDLG observer (PSNR, SSIM, label accuracy) in round 1."""
+    root = tmp_path_factory.mktemp("attacked")
+    folder = root / "multirun"
+    result = python_m(
+        root, "fedsim", "-m", "backend=inline", "dataset=digits", "rounds=2", "num_clients=300", "clients_per_round=6",
+        "progress=false", "privacy_attack=idlg", "defense=mudhog", "attack=none,label_flip", f"hydra.sweep.dir={folder}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder
 
 
-def test_optional_metrics_are_read_where_recorded(tmp_path):
-    detection = [{"tp": 1, "fp": 1, "fn": 0}, {"tp": 2, "fp": 0, "fn": 2}]
-    write_job(tmp_path / "0", ["attack=label_flip", "seed=0"], 0.8,
-              [{"test_acc": 0.7, "attack_success_rate": 0.3, "detection": d, "psnr": p} for d, p in zip(detection, (20.0, 30.0))])
-    write_job(tmp_path / "1", ["attack=none", "seed=0"], 0.9, [{"test_acc": 0.9, "detection": {"tp": 0, "fp": 0, "fn": 0}}])
-    frame = jobs_frame(find_jobs(tmp_path)).set_index("attack")
-    assert list(frame.index) == ["label_flip", "none"]  # seed is constant: not an axis
-    flip, clean = frame.loc["label_flip"], frame.loc["none"]
-    assert flip.asr == 0.3 and flip.psnr == 25.0
-    assert flip.det_precision == pytest.approx(3 / 4) and flip.det_recall == pytest.approx(3 / 5)
-    assert math.isnan(clean.asr) and math.isnan(clean.det_precision)  # undefined, not 0
+def test_optional_metrics_of_real_runs_are_read_where_recorded(attacked_sweep):
+    frame = jobs_frame(find_jobs(attacked_sweep)).set_index("attack")
+    assert list(frame.index) == ["none", "label_flip"]
+    for attack, job in frame.iterrows():
+        rounds = [json.loads(line) for line in (Path(job["job"]) / "rounds.jsonl").read_text().splitlines()]
+        attacked = [r["privacy"] for r in rounds if "privacy" in r]
+        assert attacked, "the observer attacked no round"
+        for column in ("psnr", "ssim", "label_acc"):
+            assert job[column] == pytest.approx(np.mean([p[column] for p in attacked])), column
+        detection = [r["detection"] for r in rounds]
+        tp, fn = sum(d["tp"] for d in detection), sum(d["fn"] for d in detection)
+        if attack == "label_flip":
+            assert job["asr"] == pytest.approx(rounds[-1]["attack_success_rate"])
+            assert job["source_recall"] == pytest.approx(rounds[-1]["source_recall"])
+            assert tp + fn > 0 and job["det_recall"] == pytest.approx(tp / (tp + fn))
+        else:  # no attacker: no attack success, and recall is undefined, not 0
+            assert math.isnan(job["asr"]) and math.isnan(job["det_recall"])
+    result = python_m(attacked_sweep, "fedsim.report", str(attacked_sweep))
+    assert result.returncode == 0, result.stderr
+    assert {"psnr", "ssim", "label_acc", "asr"} <= set(pd.read_csv(attacked_sweep / "report.csv").columns)
 
 
 def test_mean_and_std_over_seeds():
@@ -101,13 +116,12 @@ def test_mean_and_std_over_seeds():
     assert lines[3] == "| flip | 2 | 0.6000 ± 0.1414 | 0.3000 ± 0.1414 |"
 
 
-def test_report_rejects_bad_input(tmp_path):
+def test_report_rejects_bad_input(tmp_path, sweep):
     assert python_m(tmp_path, "fedsim.report", str(tmp_path / "nope")).stderr.strip() == (
         f"fedsim.report: error: {tmp_path / 'nope'}: no such folder"
     )
-    write_job(tmp_path / "0", ["seed=0"], 0.8, [{"test_acc": 0.8}])
     with pytest.raises(ValueError, match="--rows=attack: not a sweep axis"):
-        write_report(tmp_path, rows="attack", cols="seed")
+        write_report(sweep, rows="attack", cols="strategy")
     with pytest.raises(ValueError, match="--metric=asr: no job recorded it"):
-        write_report(tmp_path, metric="asr")
+        write_report(sweep, metric="asr")
 

@@ -29,11 +29,23 @@ class Job:
     rounds: Rounds
 
 
+def recorded(rounds: Rounds, key: str) -> list[Any]:
+    """The non-null values of ``key`` (a dotted path into the round record, e.g. ``privacy.psnr``), in round order."""
+    values = []
+    for record in rounds:
+        value: Any = record
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            values.append(value)
+    return values
+
+
 def last_round(key: str) -> Callable[[Summary, Rounds], float | None]:
     """The value of ``key`` in the last round that recorded it."""
 
     def read(summary: Summary, rounds: Rounds) -> float | None:
-        values = [r[key] for r in rounds if r.get(key) is not None]
+        values = recorded(rounds, key)
         return values[-1] if values else None
 
     return read
@@ -43,7 +55,7 @@ def round_mean(key: str) -> Callable[[Summary, Rounds], float | None]:
     """The mean of ``key`` over the rounds that recorded it."""
 
     def read(summary: Summary, rounds: Rounds) -> float | None:
-        values = [r[key] for r in rounds if r.get(key) is not None]
+        values = recorded(rounds, key)
         return sum(values) / len(values) if values else None
 
     return read
@@ -75,7 +87,9 @@ METRICS: dict[str, Callable[[Summary, Rounds], float | None]] = {
     "source_recall": last_round("source_recall"),
     "det_precision": cumulative_detection("precision"),
     "det_recall": cumulative_detection("recall"),
-    "psnr": round_mean("psnr"),
+    "psnr": round_mean("privacy.psnr"),  # the privacy observer's per-round mean over the images it attacked
+    "ssim": round_mean("privacy.ssim"),
+    "label_acc": round_mean("privacy.label_acc"),
     "bytes_up": from_summary("bytes_up_total"),
     "wall_s": from_summary("wall_s"),
 }
