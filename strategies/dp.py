@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad_and_value, vmap
 
-from fedsim.params import check_range
+from fedsim.params import check_range, check_that
 from fedsim.training import Batch, GradientFn, LossFn, Params
 
 
@@ -26,12 +26,19 @@ class DPConfig:
 
     ``epsilon`` (a target for the whole run) overrides ``noise_multiplier``: each client solves
     for the smallest sigma whose accountant reaches at most ``epsilon`` after all its steps.
+
+    The noise and the Poisson batch sampling are drawn from a secret per-run key (OS entropy, kept in
+    the strategy's checkpointed state only), so knowing the public run seed does not let anyone
+    regenerate and subtract the noise. ``reproducible_noise=true`` draws them from the run seed instead
+    (bit-identical reruns, e.g. across backends), which voids the privacy guarantee against anyone who
+    knows the seed.
     """
 
     noise_multiplier: float = 0.0
     clip: float = 1.0
     delta: float = 1e-5
     epsilon: float | None = None
+    reproducible_noise: bool = False  # True: noise and batch sampling from the public run seed (never for a real privacy claim)
 
     def __post_init__(self) -> None:
         check_range("dp.noise_multiplier", self.noise_multiplier, low=0)
@@ -39,6 +46,7 @@ class DPConfig:
         check_range("dp.delta", self.delta, 0, 1, low_open=True, high_open=True)
         if self.epsilon is not None:
             check_range("dp.epsilon", self.epsilon, low=0, low_open=True)
+        check_that("dp.reproducible_noise", self.reproducible_noise, isinstance(self.reproducible_noise, bool), "true or false")
 
     @property
     def enabled(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, Strategy
-from fedsim.training import LossTerm
+from fedsim.training import GradientFn, LossTerm
 
 
 class FedAvg(Strategy):
@@ -14,12 +14,16 @@ class FedAvg(Strategy):
     aggregator is configured) to the global model."""
 
     def local_update(self, task: LocalTask) -> LocalResult:
-        trained = self.fit(task, loss_terms=self.loss_terms(task))
+        trained = self.fit(task, loss_terms=self.loss_terms(task), gradient=self.gradient())
         return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss})
 
     def loss_terms(self, task: LocalTask) -> tuple[LossTerm, ...]:
         """Terms added to the local loss; subclasses add regularisers."""
         return ()
+
+    def gradient(self) -> GradientFn | None:
+        """The local gradient estimator; None: the codec's if it has one, else autograd (FedSAM's is sharpness-aware)."""
+        return None
 
     def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], combine: Combine) -> Tensors:
         mean = combine(updates)

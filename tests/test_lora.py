@@ -171,3 +171,38 @@ def test_ffa_lora_sends_only_b_and_head_and_epsilon_grows_through_the_engine(run
         first, second = ffa[0]["clients"][cid]["dp_epsilon"], ffa[1]["clients"][cid]["dp_epsilon"]
         assert 0 < first < second < math.inf
     assert ffa[-1]["test_acc"] > 1 / 6  # it learns something in two private rounds
+
+
+def test_dp_noise_comes_from_a_secret_key_kept_only_in_the_checkpoint(tmp_path) -> None:
+    """Two runs with the same public seed draw different DP noise (so the seed cannot regenerate it);
+    the key is in no results file, only in the checkpoint, and a resume from it continues exactly."""
+    import shutil
+
+    from conftest import read_rounds
+    from fedsim.engine.simulation import simulate
+
+    run = (*TINY, "strategy=ffa_lora", "dp.noise_multiplier=1.0", "rounds=2", "checkpoint_every=1")
+    for name in ("a", "b"):
+        simulate(make_config(*run), tmp_path / name, progress=False)
+    a, b = read_rounds(tmp_path / "a"), read_rounds(tmp_path / "b")
+    assert a[-1]["test_loss"] != b[-1]["test_loss"]  # same seed, different noise
+    key = torch.load(tmp_path / "a" / "checkpoints" / "round_000002.pt", weights_only=True)["components"]["strategy"]["noise_key"]
+    assert isinstance(key, int) and key > 0
+    for path in (tmp_path / "a").rglob("*"):
+        if path.is_file() and path.suffix != ".pt":
+            assert str(key) not in path.read_text(errors="ignore"), path
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "a", resumed)
+    (resumed / "checkpoints" / "round_000002.pt").unlink()
+    simulate(make_config(*run, "resume=true"), resumed, progress=False)
+    assert [r["test_loss"] for r in read_rounds(resumed)] == [r["test_loss"] for r in a]
+
+
+def test_reproducible_noise_draws_from_the_public_seed() -> None:
+    strategy = FFALoRA(dp={"noise_multiplier": 1.0, "reproducible_noise": True})
+    strategy.init_global(Run(make_config(*TINY, "strategy=ffa_lora")).new_model())
+    assert strategy.noise_key is None and strategy.extra_for(0) == {}
+    secret = FFALoRA(dp={"noise_multiplier": 1.0})
+    secret.init_global(Run(make_config(*TINY, "strategy=ffa_lora")).new_model())
+    seeds = [int(secret.extra_for(c)["dp.noise_seed"]) for c in (0, 1)]
+    assert seeds[0] != seeds[1] and secret.noise_key not in seeds  # each client its own, none the run's key

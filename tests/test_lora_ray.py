@@ -12,7 +12,7 @@ from test_lora import TINY
 
 
 def test_ffa_lora_dp_through_ray_matches_inline(tmp_path: Path) -> None:
-    run = (*TINY, "strategy=ffa_lora", "dp.noise_multiplier=1.0", "rounds=2")
+    run = (*TINY, "strategy=ffa_lora", "dp.noise_multiplier=1.0", "dp.reproducible_noise=true", "rounds=2")
     simulate(make_config(*run, "backend=ray", "backend.num_cpus=2"), tmp_path / "ray", progress=False)
     simulate(make_config(*run), tmp_path / "inline", progress=False)
     ray, inline = read_rounds(tmp_path / "ray"), read_rounds(tmp_path / "inline")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,13 @@ def run(name: str, overrides: list[str]) -> list[dict[str, Any]]:
     out = OUT / name
     simulate(config(overrides), out, progress=False)
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+def run_many(jobs: dict[str, list[str]], under: str, workers: int = 2) -> dict[str, list[dict[str, Any]]]:
+    """:func:`run` every ``name -> overrides`` job into ``out/<under>/<name>``, ``workers`` at a time in
+    fresh processes (one torch thread each, so 2 workers use 2 cores); returns the round records by name."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        return dict(zip(jobs, pool.map(run, [f"{under}/{name}" for name in jobs], jobs.values())))
 
 
 def mean_last(records: list[dict[str, Any]], key: str, n: int = 3) -> float:

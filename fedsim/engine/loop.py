@@ -1,6 +1,7 @@
 """The round, top to bottom (docs/architecture.md, "One round").
 
-sample -> send payloads -> collect (decode, validate) -> server-side adversary -> screen ->
+sample -> send payloads -> collect (decode, validate) -> server-side adversary -> (the server's own
+update on its root dataset, for a defense that asks for one) -> screen ->
 strategy.aggregate(updates, combine) -> check the new global state -> after-round callbacks
 (central evaluation, privacy observers, rounds.jsonl, checkpoints). The server hosts every
 client's persistent state and ships it with the client's message.
@@ -22,6 +23,7 @@ from fedsim.engine.harness import Truth
 from fedsim.engine.messages import train_messages
 from fedsim.engine.nodes import discover
 from fedsim.engine.replies import Collected, collect, require_enough
+from fedsim.engine.root_training import RootTraining
 from fedsim.engine.round_record import round_record
 from fedsim.engine.weights import cap_weight_shares
 from fedsim.network import AdversarialDelivery
@@ -44,6 +46,8 @@ class FederatedServer:
         self.truth = Truth.of(parts.attack, ctx.num_clients, ctx.seed)  # the harness's; never on the wire
         byzantine = frozenset(c for c in range(ctx.num_clients) if self.truth.malicious(c))
         parts.strategy.bind_network(AdversarialDelivery(byzantine, ctx.seed))
+        root_size = parts.defense.root_examples()
+        self.root = RootTraining.drawn(ctx, self.optimizer, root_size) if root_size else None
         self.client_states: dict[int, dict[str, Any]] = {}
         self.checkpoints = CheckpointStore(recorder.out_dir / "checkpoints")
         self.callbacks = [
@@ -101,6 +105,8 @@ class FederatedServer:
             got.fail(server_round, cid, "no reply" if timeout is None else f"no reply within client_timeout_s={timeout}")
         require_enough(server_round, got, len(sampled), int(self.cfg.get("min_clients") or 1))
         self.forge(server_round, got)
+        if self.root is not None:
+            defense.observe_root_update(server_round, self.root.update(server_round, global_state, lr))
         verdict = defense.screen(server_round, got.updates)
         kept = cap_weight_shares([u for u, keep in zip(got.updates, verdict.keep) if keep], self.cfg.get("max_weight_share"))
         new_state = global_state

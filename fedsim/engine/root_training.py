@@ -1,0 +1,58 @@
+"""The server's own training on a small clean root dataset (the trust anchor of FLTrust, Cao et al.).
+
+A defense that asks for one (:meth:`fedsim.defense.Defense.root_examples` > 0) gets, each round
+before screening, the update the server computes from the current global model on ``n`` training
+examples drawn once from the training split (seeded; never the test split, which scores the run).
+The server trains as a plain client does: the run's optimizer, learning rate, local epochs, batch
+size and ``local_steps``, the model's cross-entropy, no strategy-specific terms and no codec
+(FLTrust's ModelUpdate is plain SGD on the root data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from fedsim.engine.context import RunContext
+from fedsim.seeding import numpy_rng, torch_generator
+from fedsim.state import ClientState, Tensors
+from fedsim.strategy import LocalTask, Strategy, model_holding
+from fedsim.training import OptimizerConfig
+
+
+@dataclass(frozen=True)
+class RootTraining:
+    """The root dataset's indices into the training split, and the server's local update on them."""
+
+    ctx: RunContext
+    optimizer: OptimizerConfig
+    indices: np.ndarray
+
+    @classmethod
+    def drawn(cls, ctx: RunContext, optimizer: OptimizerConfig, size: int) -> "RootTraining":
+        """``size`` training examples drawn without replacement, seeded by the run seed."""
+        indices = numpy_rng(ctx.seed, "root-data").choice(len(ctx.data.y_train), size=size, replace=False)
+        return cls(ctx, optimizer, np.sort(indices))
+
+    def update(self, server_round: int, global_state: Tensors, lr: float) -> Tensors:
+        """The server's model delta after local training from ``global_state`` on the root data."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        x = torch.from_numpy(np.array(ctx.data.x_train[self.indices])).to(ctx.device)
+        y = torch.from_numpy(np.array(ctx.data.y_train[self.indices])).to(ctx.device)
+        task = LocalTask(
+            round=server_round,
+            client_id=-1,
+            model=model_holding(global_state, ctx.new_model),
+            global_state=global_state,
+            x=x,
+            y=y,
+            lr=lr,
+            local_epochs=int(cfg["local_epochs"]),
+            batch_size=int(cfg["batch_size"]),
+            generator=torch_generator(ctx.seed, "root-train", server_round, device=str(ctx.device)),
+            client_state=ClientState(device=str(ctx.device)),
+            optimizer=self.optimizer,
+            local_steps=None if cfg.get("local_steps") is None else int(cfg["local_steps"]),
+        )
+        return task.delta(Strategy.fit(task).params)
