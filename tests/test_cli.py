@@ -33,7 +33,7 @@ def test_cfg_job_shows_the_config(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["strategy=fedavgg"], "strategy=fedavgg: unknown option; valid strategy options: fedavg, fedavgm, fedprox, fedspeed, ffa_lora, hyperfl, lora, monna, one_byte_spsa"),
+        (["strategy=fedavgg"], "strategy=fedavgg: unknown option; valid strategy options: fedadam, fedavg, fedavgm, feddyn, fedprox, fedsam, fedspeed, ffa_lora, hyperfl, lora, monna, one_byte_spsa, scaffold"),
         (["partition=dirichlet", "partition.alpha=0"], "partition.alpha=0: must be > 0"),
         (["clients_per_round=20"], "clients_per_round=20: must be an integer in [1, 10]"),
         (["lr=-0.1"], "lr=-0.1: must be in (0, 1000]"),
@@ -45,7 +45,8 @@ def test_cfg_job_shows_the_config(tmp_path):
         (["client_timeout_s=0"], "client_timeout_s=0: must be > 0"),
         (["max_update_norm=nan"], "max_update_norm=nan: must be a finite number > 0"),
         (["strategy=fedspeed", "strategy.rhoo=1"], "strategy.rhoo: unknown key in strategy=fedspeed; valid keys here: "
-         "_target_, alpha, lamb, lr_decay, max_grad_norm, num_clients, rho, weight_decay (use +strategy.rhoo=... to add one)"),
+         "_target_, alpha, correction_sign, lamb, lr_decay, max_grad_norm, num_clients, rho, server_correction, weight_decay "
+         "(use +strategy.rhoo=... to add one)"),
         (["strategy=ffa_lora", "dp.clip=0"], "dp.clip=0: must be > 0"),
         (["dp.noise_multiplier=1.0"], "dp.noise_multiplier=1.0: must be 0 with dp.epsilon=null: strategy fedsim.strategies.fedavg.FedAvg "
          "does not run DP-SGD; use one that takes the dp settings (strategy=lora, strategy=ffa_lora)"),

@@ -33,15 +33,37 @@ def dgc_finding(verdict: str) -> None:
     assert gap <= 1.0 and over_dropping >= -0.5 and ratio < 100, verdict
 
 
+def fedspeed_finding(verdict: str) -> None:
+    """At 100 clients / 10 per round on MNIST-5k every method reaches the 80% target within ~10 rounds,
+    so FedSpeed is not 1.5x faster to it on every seed; both ablations are below FedSpeed (README)."""
+    assert verdict.startswith("FAIL: "), verdict
+    speedups = [float(x) for part in re.findall(r"per seed ([\d., ]+) \(>= 1.5", verdict) for x in part.split(", ")]
+    assert len(speedups) == 6 and min(speedups) < 1.5, verdict
+    assert verdict.count("yes") == 4 and "NO" not in verdict, verdict
+
+
+def mudhog_paper_finding(verdict: str) -> None:
+    """At the paper's setting MUD-HoG with the paper's moving window keeps the accuracy (within 5 points
+    of clean FedAvg, FedAvg losing more) but misses detection types on both mixes (README, "Byzantine")."""
+    assert verdict.startswith("FAIL: "), verdict
+    mixes = verdict[len("FAIL: "):].split("; SF+AN+")
+    assert len(mixes) == 2, verdict
+    for mix in mixes:
+        missed = re.search(r"types below P/R 0.8/0.8: ([a-z_, ]+);", mix).group(1)
+        drop, fedavg_drop = (float(x) for x in re.search(r"accuracy drop ([\d.]+) points \(<= 5\), FedAvg's ([\d.]+)", mix).groups())
+        assert missed != "none" and drop <= 5 and fedavg_drop > drop, mix
+
+
 EXPECTED: dict[str, Callable[[str], None]] = {
     "dgc.py": dgc_finding,
-    "fedspeed.py": passes,
+    "fedspeed.py": fedspeed_finding,
     "ffa_lora.py": passes,
     "hyperfl.py": passes,
     "inversion.py": passes,
     "label_flip.py": passes,
     "monna.py": passes,
     "mudhog.py": passes,
+    "mudhog_paper.py": mudhog_paper_finding,
     "spsa.py": passes,
 }
 

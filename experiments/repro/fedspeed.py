@@ -12,7 +12,8 @@ without the server's +mean(h), and with the local correction's sign flipped.
 Gate, fixed before the first run at this setting: on every seed and at both alphas, FedSpeed reaches
 80% test accuracy in at most 1/1.5 of FedAvg's rounds (a method that never reaches it counts as 101);
 and at both alphas each ablation's final accuracy (mean of the last 5 rounds, mean over seeds) is
-below FedSpeed's.
+below FedSpeed's. (Rounds to 92% are printed too, not gated: that column was added after the first
+run, which showed every method reaching 80% within about 10 rounds.)
 
 Run: .venv/bin/python experiments/repro/fedspeed.py   (about 8 minutes on 2 CPU cores: 2 runs at a time)
 """
@@ -24,6 +25,7 @@ import statistics
 from common import OUT, finish, plot, print_table, run_many
 
 TARGET, ROUNDS, SEEDS, LAST, SPEEDUP = 0.80, 100, (0, 1, 2), 5, 1.5
+HIGH = 0.92  # reported, not gated: added after the first run showed every method reaching 80% within ~10 rounds
 ALPHAS = (0.1, 0.6)
 SETTING = ["dataset=mnist5k", "partition=dirichlet", "num_clients=100", "clients_per_round=10", "local_epochs=5",
            "batch_size=50", "lr=0.1", f"rounds={ROUNDS}", "optimizer.weight_decay=1e-3", "optimizer.grad_clip=10"]
@@ -64,8 +66,10 @@ def main() -> None:
         reach = {m: [rounds_to(c, TARGET) for c in curves[m, alpha]] for m in METHODS}
         final = {m: [statistics.mean(c[-LAST:]) for c in curves[m, alpha]] for m in METHODS}
         print(f"\n## Dirichlet({alpha}): MNIST-5k MLP, 100 clients, 10 per round, 5 local epochs, {ROUNDS} rounds, seeds {SEEDS}")
-        print_table(["method", f"rounds to {TARGET:.0%} per seed", f"rounds to {TARGET:.0%}", f"last-{LAST}-round acc"],
-                    [[m, str(reach[m]), mean_std(reach[m]), mean_std(final[m])] for m in METHODS])
+        high = {m: [rounds_to(c, HIGH) for c in curves[m, alpha]] for m in METHODS}
+        print_table(["method", f"rounds to {TARGET:.0%} per seed", f"rounds to {TARGET:.0%}", f"last-{LAST}-round acc",
+                     f"rounds to {HIGH:.0%} per seed (reported)"],
+                    [[m, str(reach[m]), mean_std(reach[m]), mean_std(final[m]), str(high[m])] for m in METHODS])
         speedups = [avg / speed for avg, speed in zip(reach["FedAvg"], reach["FedSpeed"])]
         worse = {m: statistics.mean(final[m]) < statistics.mean(final["FedSpeed"]) for m in ABLATIONS}
         checks.append((all(x >= SPEEDUP for x in speedups) and all(worse.values()),
