@@ -100,8 +100,12 @@ class LocalTask:
         )
 
     def delta(self, params: Tensors) -> Tensors:
-        """``params`` minus the payload, for every payload tensor (zero where ``params`` lacks it)."""
-        return {k: (params[k] - v) if k in params else torch.zeros_like(v) for k, v in self.global_state.items()}
+        """``params`` minus the payload, for every payload tensor. A tensor ``params`` lacks is read from the
+        model as it is now: its buffers (BatchNorm's running statistics, which training updates in place)
+        move, a frozen parameter gives zero."""
+        current = dict(self.model.state_dict())
+        return {k: (params[k] if k in params else current[k].detach()) - v if k in params or k in current else torch.zeros_like(v)
+                for k, v in self.global_state.items()}
 
 
 @dataclass

@@ -55,3 +55,8 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+from fedsim.models.vision import VGG, ConvNet, ResNet18  # noqa: E402  (chosen with model=resnet18 | convnet | vgg)
+
+__all__ = ["MLP", "CNN", "ResNet18", "ConvNet", "VGG"]
