@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fedsim.data import ImageData, cifar10, digits, fashion_mnist, from_uint8, mnist, mnist5k, read_idx
+from fedsim.data import ImageData, cifar10, cifar100, digits, fashion_mnist, from_uint8, mnist, mnist5k, read_idx
 
 CONF = Path(__file__).resolve().parents[1] / "experiments" / "conf"
 
@@ -228,6 +229,49 @@ def test_cifar10_missing_raises(tmp_path: Path) -> None:
     assert "cifar10" in str(err.value) and str(tmp_path) in str(err.value)
 
 
+def _write_cifar100(folder: Path, n: dict[str, int]) -> dict[str, dict[bytes, object]]:
+    """``train`` / ``test`` as the python version of CIFAR-100 holds them (plus ``meta``, unused)."""
+    rng = np.random.default_rng(2)
+    folder.mkdir(parents=True)
+    written = {}
+    for name, count in n.items():
+        batch = {b"filenames": [f"x{j}.png".encode() for j in range(count)], b"batch_label": name.encode(),
+                 b"fine_labels": [(7 * j) % 100 for j in range(count)], b"coarse_labels": [(3 * j) % 20 for j in range(count)],
+                 b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8)}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        written[name] = batch
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [b"apple"]}, protocol=2))
+    return written
+
+
+@pytest.mark.parametrize("labels, classes", [("fine", 100), ("coarse", 20)])
+def test_cifar100_round_trip(tmp_path: Path, labels: str, classes: int) -> None:
+    written = _write_cifar100(tmp_path / "cifar-100-python", {"train": 5, "test": 3})
+    data = cifar100(str(tmp_path), labels=labels)
+    assert data.x_train.shape == (5, 3, 32, 32) and data.x_test.shape == (3, 3, 32, 32) and data.num_classes == classes
+    assert data.y_train.tolist() == written["train"][f"{labels}_labels".encode()]
+    np.testing.assert_array_equal(np.rint(data.denormalise(data.x_test) * 255).reshape(3, -1), written["test"][b"data"])
+
+
+def test_cifar100_refuses_a_payload_and_names_a_missing_file(tmp_path: Path) -> None:
+    folder, marker = tmp_path / "cifar-100-python", tmp_path / "pwned"
+    _write_cifar100(folder, {"train": 2, "test": 2})
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (folder / "train").write_bytes(pickle.dumps({b"data": Payload(), b"fine_labels": [0]}, protocol=2))
+    with pytest.raises(ValueError, match=r"train: not a CIFAR batch \(refused global"):
+        cifar100(str(tmp_path))
+    assert not marker.exists()
+    (folder / "test").unlink()
+    with pytest.raises(FileNotFoundError, match="test"):
+        cifar100(str(tmp_path))
+    with pytest.raises(ValueError, match="dataset.labels='both': must be one of fine, coarse"):
+        cifar100(str(tmp_path), labels="both")
+
+
 # --- Hydra configs --------------------------------------------------------------------
 
 
@@ -235,7 +279,7 @@ def test_dataset_configs_target_loaders() -> None:
     data = instantiate(OmegaConf.load(CONF / "dataset" / "mnist5k.yaml"))
     assert isinstance(data, ImageData) and data.name == "mnist5k"
     assert instantiate(OmegaConf.load(CONF / "dataset" / "digits.yaml")).input_shape == (1, 8, 8)
-    for name in ("mnist", "fashion_mnist", "cifar10"):
+    for name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
         cfg = OmegaConf.load(CONF / "dataset" / f"{name}.yaml")
         assert cfg._target_ == f"fedsim.data.files.{name}"
         assert OmegaConf.is_missing(cfg, "root")

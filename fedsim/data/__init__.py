@@ -6,9 +6,10 @@ map labels to per-client index arrays as pure functions of their arguments.
 """
 
 from fedsim.data.embedded import digits, mnist5k
-from fedsim.data.files import cifar10, fashion_mnist, mnist, read_idx
+from fedsim.data.files import cifar10, cifar100, fashion_mnist, mnist, read_idx
 from fedsim.data.image_data import ImageData, from_uint8
-from fedsim.data.partition import dirichlet, iid, shards
+from fedsim.data.leaf import femnist
+from fedsim.data.partition import dirichlet, iid, natural, shards
 from fedsim.data.text import TextData, chatbot_topics
 
 __all__ = [
@@ -16,13 +17,16 @@ __all__ = [
     "TextData",
     "chatbot_topics",
     "cifar10",
+    "cifar100",
     "digits",
     "dirichlet",
     "fashion_mnist",
+    "femnist",
     "from_uint8",
     "iid",
     "mnist",
     "mnist5k",
+    "natural",
     "read_idx",
     "shards",
 ]

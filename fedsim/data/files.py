@@ -2,8 +2,8 @@
 
 * ``mnist`` / ``fashion_mnist``: the four IDX files (raw or ``.gz``) in ``root``,
   ``root/raw`` or torchvision's ``root/MNIST/raw`` (``root/FashionMNIST/raw``).
-* ``cifar10``: the python pickle batches in ``root/cifar-10-batches-py`` (or ``root``
-  pointing at that folder itself), read by an unpickler that builds nothing but what a
+* ``cifar10`` / ``cifar100``: the python pickle batches in ``root/cifar-10-batches-py``
+  (``root/cifar-100-python``: ``train`` and ``test``), or ``root`` pointing at that folder itself, read by an unpickler that builds nothing but what a
   batch holds (numpy arrays and dtypes, plus the dicts, lists, bytes, str and ints pickle
   makes itself): a file that names any other callable is refused before anything runs.
 """
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.image_data import ImageData, from_uint8
+from fedsim.params import check_choice
 
 _IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -29,6 +30,8 @@ _IDX_FILES = (
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CIFAR_DIR = "cifar-10-batches-py"
 _CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+_CIFAR100_DIR = "cifar-100-python"
+_CIFAR100_FILES = ("train", "test")
 
 
 def mnist(root: str) -> ImageData:
@@ -50,6 +53,19 @@ def cifar10(root: str) -> ImageData:
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     return from_uint8("cifar10", x_train, y_train, x_test, y_test, 10)
+
+
+def cifar100(root: str, labels: str = "fine") -> ImageData:
+    """CIFAR-100 (50k/10k, (N, 3, 32, 32)) from the python pickle files ``train`` and ``test`` under
+    ``root`` (its ``cifar-100-python/`` folder, or that folder itself), through the same restricted
+    unpickler as CIFAR-10; ``labels=fine`` (100 classes, default) or ``coarse`` (the 20 superclasses)."""
+    check_choice("dataset.labels", labels, ("fine", "coarse"))
+    base = Path(root).expanduser()
+    folder = _find_folder("cifar100", base, [base, base / _CIFAR100_DIR], [(name,) for name in _CIFAR100_FILES])
+    key = f"{labels}_labels".encode()
+    x_train, y_train = _read_cifar_batch(folder / "train", key)
+    x_test, y_test = _read_cifar_batch(folder / "test", key)
+    return from_uint8("cifar100", x_train, y_train, x_test, y_test, 100 if labels == "fine" else 20)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -113,27 +129,28 @@ _CIFAR_GLOBALS = {
 
 
 class CifarBatchUnpickler(pickle.Unpickler):
-    """Unpickles a CIFAR-10 batch and nothing else: only numpy's array and dtype
+    """Unpickles a CIFAR-10 / CIFAR-100 batch and nothing else: only numpy's array and dtype
     reconstructors (and bytes' encoder) may be named; any other global is refused."""
 
     def find_class(self, module: str, name: str) -> Any:
         found = _CIFAR_GLOBALS.get((module, name))
         if found is None:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR-10 batch holds only numpy arrays, lists, bytes, str and ints")
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch holds only numpy arrays, lists, bytes, str and ints")
         return found
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 pickle batch as uint8 (N, 3, 32, 32) images (R, G, B planes) and labels."""
+def _read_cifar_batch(path: Path, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR pickle batch as uint8 (N, 3, 32, 32) images (R, G, B planes) and its ``label_key`` labels
+    (CIFAR-10: ``labels``; CIFAR-100: ``fine_labels`` or ``coarse_labels``)."""
     with path.open("rb") as f:
         try:
             batch = CifarBatchUnpickler(f, encoding="bytes").load()
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: not a CIFAR-10 batch ({exc})") from None
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"{path}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
+            raise ValueError(f"{path}: not a CIFAR batch ({exc})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        raise ValueError(f"{path}: not a CIFAR batch (expected a dict with b'data' and {label_key!r})")
     data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    labels = np.asarray(batch[label_key], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise ValueError(
             f"{path}: expected uint8 data (N, 3072) and N labels, got {data.dtype} {data.shape} "

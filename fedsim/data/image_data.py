@@ -19,6 +19,7 @@ class ImageData:
     num_classes: int
     mean: tuple[float, ...]  # per channel, in [0, 1] pixel units
     std: tuple[float, ...]
+    groups: np.ndarray | None = None  # int64 (N,): the natural owner of each training example (FEMNIST's writer), if any
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -1,14 +1,14 @@
 """Client partitioners: pure functions of (labels, num_clients, seed, scheme parameters).
 
-Each returns one sorted int64 index array per client. Every sample index appears
-in exactly one client and no client is empty.
+Each returns one sorted int64 index array per client. No client is empty, and every sample index
+appears in exactly one client (``natural`` with fewer clients than owners uses the chosen owners' only).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fedsim.params import check_range
+from fedsim.params import ParamError, check_range, check_that
 
 _SALT = 7919  # separates partition draws from other uses of the same run seed
 _MAX_DIRICHLET_TRIES = 1000
@@ -49,6 +49,27 @@ def dirichlet(
         for client, chunk in enumerate(np.split(rng.permutation(idx), np.cumsum(class_counts)[:-1])):
             parts[client].append(chunk)
     return _finish([np.concatenate(p) for p in parts])
+
+
+def natural(labels: np.ndarray, num_clients: int, seed: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """The dataset's own split: one client per natural owner (FEMNIST's writers, LEAF's partition).
+
+    ``groups`` is the owner of each example (the engine passes the dataset's ``groups``). With as many
+    clients as owners every example is used; with fewer, ``num_clients`` owners are drawn (seeded) and
+    the others' examples are left out, as LEAF's user sampling does.
+    """
+    n = _check(labels, num_clients, seed)
+    if groups is None:
+        raise ParamError("partition=natural: this dataset has no natural split; use a dataset that has one "
+                         "(dataset=femnist), or partition=iid|dirichlet|shards")
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"partition=natural: {len(groups)} owners for {n} examples")
+    owners = np.unique(groups)
+    check_that("num_clients", num_clients, num_clients <= len(owners),
+               f"at most the dataset's {len(owners)} natural owners (partition=natural: one client per writer)")
+    chosen = owners if num_clients == len(owners) else np.sort(_rng(seed).choice(owners, size=num_clients, replace=False))
+    return _finish([np.flatnonzero(groups == owner) for owner in chosen])
 
 
 def shards(labels: np.ndarray, num_clients: int, seed: int, classes_per_client: int) -> list[np.ndarray]:

@@ -71,7 +71,9 @@ class RunContext:
         data = instantiate(cfg["dataset"])
         for array in (data.x_train, data.y_train, data.x_test, data.y_test):
             array.setflags(write=False)
-        partitions = instantiate(cfg["partition"])(labels=data.y_train, num_clients=cfg["num_clients"], seed=cfg["seed"])
+        partitioner = instantiate(cfg["partition"])
+        natural = {"groups": getattr(data, "groups", None)} if "groups" in inspect.signature(partitioner).parameters else {}  # partition=natural
+        partitions = partitioner(labels=data.y_train, num_clients=cfg["num_clients"], seed=cfg["seed"], **natural)
         device = resolve_device(cfg["device"])
         for part in partitions:
             part.setflags(write=False)
