@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from fedsim.config import output_dir_problem, unknown_group_option, unknown_key, validate
 from fedsim.params import ParamError
+from fedsim.results import to_json
+from fedsim.run_summary import ATTACK_KEYS, headline
 
 
 REQUIRED_HINTS = {
@@ -62,12 +63,14 @@ def run(cfg: DictConfig) -> float | None:
         fail(str(exc))
     if resume:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    task = headline(summary)
     print(
         f"fedsim: {resolved['strategy']['_target_'].rsplit('.', 1)[-1]} on {summary['backend']}: "
         f"final test accuracy {summary['final_test_acc']:.4f} after {summary['rounds']} rounds "
-        f"({summary['wall_s']:.1f} s); results in {out_dir}"
+        f"({summary['wall_s']:.1f} s){'; ' + task if task else ''}; results in {out_dir}"
     )
-    print(json.dumps({k: summary[k] for k in ("final_test_acc", "best_test_acc", "bytes_up_total")}))
+    shown = ("final_test_acc", "best_test_acc", "bytes_up_total", "bytes_down_total", "compression_ratio", "dp_epsilon", "detection", "privacy")
+    print(to_json({k: summary[k] for k in summary if k in shown or k.endswith(ATTACK_KEYS)}))
     return summary["final_test_acc"]
 
 

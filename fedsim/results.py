@@ -1,4 +1,4 @@
-"""Results on disk: rounds.jsonl, summary.json and the accuracy/loss plot."""
+"""Results on disk: rounds.jsonl, summary.json (with the task metrics) and curves.png."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
+
+from fedsim.curves import plot_curves
+from fedsim.run_summary import task_metrics
 
 if TYPE_CHECKING:
     from fedsim.trackers import Tracker
@@ -67,6 +70,7 @@ class RunRecorder:
             "bytes_down_total": sum(r["bytes_down"] for r in self.records),
             "failures_total": sum(len(r["failures"]) for r in self.records),
             "rejected_total": sum(len(r["rejected"]) for r in self.records),
+            **task_metrics(self.records),
             **extra,
         }
         (self.out_dir / "summary.json").write_text(to_json(summary, indent=2))
@@ -75,27 +79,3 @@ class RunRecorder:
         for tracker in self.trackers:
             tracker.finish(summary)
         return summary
-
-
-def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy and train/test loss per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [r["round"] for r in records]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_acc.plot(rounds, [r["test_acc"] for r in records], marker="o")
-    ax_acc.set(xlabel="round", ylabel="test accuracy", title="Test accuracy")
-    ax_loss.plot(rounds, [r["test_loss"] for r in records], marker="o", label="test")
-    train = [(r["round"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
-    if train:
-        ax_loss.plot(*zip(*train), marker="s", label="train (clients)")
-    ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
-    ax_loss.legend()
-    for ax in (ax_acc, ax_loss):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

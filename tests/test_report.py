@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from fedsim.report.__main__ import write_report
+from fedsim.report.plots import color_range, heatmap
 from fedsim.report.collect import find_jobs, jobs_frame
 from fedsim.report.tables import markdown, over_seeds
 
@@ -125,3 +126,16 @@ def test_report_rejects_bad_input(tmp_path, sweep):
     with pytest.raises(ValueError, match="--metric=asr: no job recorded it"):
         write_report(sweep, metric="asr")
 
+
+
+def test_the_heatmap_puts_asr_beside_accuracy_on_a_fixed_rate_scale(tmp_path):
+    frame = pd.DataFrame({"attack": ["none", "none", "flip", "flip"], "defense": ["none", "median"] * 2,
+                          "final_acc": [0.901, 0.899, 0.895, 0.900], "asr": [np.nan, np.nan, 0.3, 0.0]})
+    grids = heatmap(frame, "attack", "defense", ["final_acc", "asr"], tmp_path / "h.png")
+    assert list(grids) == ["final_acc", "asr"] and grids["asr"].shape == grids["final_acc"].shape == (2, 2)
+    assert grids["asr"].loc["flip", "none"] == 0.3 and math.isnan(grids["asr"].loc["none", "none"])
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    values = grids["final_acc"].to_numpy()
+    assert color_range("final_acc", values, None, None) == (0.0, 1.0)  # not fitted to a 0.6-point spread
+    assert color_range("final_acc", values, 0.8, 0.95) == (0.8, 0.95)
+    assert color_range("psnr", np.array([20.0, 30.0]), None, None) == (20.0, 30.0)

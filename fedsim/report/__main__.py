@@ -32,7 +32,8 @@ def heatmap_axes(axes: list[str], rows: str | None, cols: str | None) -> tuple[s
     return (candidates[0], candidates[1]) if len(candidates) >= 2 else None
 
 
-def write_report(folder: Path, rows: str | None = None, cols: str | None = None, metric: str = "final_acc") -> str:
+def write_report(folder: Path, rows: str | None = None, cols: str | None = None, metric: str = "final_acc",
+                 vmin: float | None = None, vmax: float | None = None) -> str:
     """Build every report file in ``folder``; returns the Markdown."""
     jobs = find_jobs(folder)
     frame = jobs_frame(jobs)
@@ -50,8 +51,9 @@ def write_report(folder: Path, rows: str | None = None, cols: str | None = None,
     parts += ["## Jobs", "", markdown(frame.assign(job=[str(j.folder.relative_to(folder)) for j in jobs]), axes), ""]
     shown = heatmap_axes(list(axes), rows, cols)
     if shown and (len(jobs) > 1 or rows):  # no one-cell heatmap for a single run unless asked
-        heatmap(frame, shown[0], shown[1], metric, folder / "report_heatmap.png")
-        parts.append(f"![{metric} over {shown[0]} x {shown[1]}](report_heatmap.png)")
+        metrics = [metric] + (["asr"] if metric != "asr" and "asr" in metric_columns(frame) else [])  # the attack's success beside it
+        heatmap(frame, shown[0], shown[1], metrics, folder / "report_heatmap.png", vmin, vmax)
+        parts.append(f"![{' and '.join(metrics)} over {shown[0]} x {shown[1]}](report_heatmap.png)")
     curves(jobs, folder / "report_curves.png")
     text = "\n".join(parts) + "\n"
     (folder / "report.md").write_text(text)
@@ -63,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="a run or multirun folder (jobs are found by their summary.json)")
     parser.add_argument("--rows", help="heatmap row axis (default: attack, else the first sweep axis)")
     parser.add_argument("--cols", help="heatmap column axis (default: defense, else the second sweep axis)")
-    parser.add_argument("--metric", default="final_acc", help="heatmap metric (default: final_acc)")
+    parser.add_argument("--metric", default="final_acc", help="heatmap metric (default: final_acc; asr is shown beside it when recorded)")
+    parser.add_argument("--vmin", type=float, help="colour scale minimum (default: 0 for rates such as accuracy, else the data's)")
+    parser.add_argument("--vmax", type=float, help="colour scale maximum (default: 1 for rates, else the data's)")
     args = parser.parse_args(argv)
     try:
-        print(write_report(args.folder, args.rows, args.cols, args.metric), end="")
+        print(write_report(args.folder, args.rows, args.cols, args.metric, args.vmin, args.vmax), end="")
     except (FileNotFoundError, ValueError) as exc:
         print(f"fedsim.report: error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ from typing import Any, Callable
 import pandas as pd
 import yaml
 
+from fedsim.run_summary import cumulative_detection, recorded
+
 Summary = dict[str, Any]
 Rounds = list[dict[str, Any]]
 
@@ -27,18 +29,6 @@ class Job:
     overrides: dict[str, str]
     summary: Summary
     rounds: Rounds
-
-
-def recorded(rounds: Rounds, key: str) -> list[Any]:
-    """The non-null values of ``key`` (a dotted path into the round record, e.g. ``privacy.psnr``), in round order."""
-    values = []
-    for record in rounds:
-        value: Any = record
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is not None:
-            values.append(value)
-    return values
 
 
 def last_round(key: str) -> Callable[[Summary, Rounds], float | None]:
@@ -66,15 +56,12 @@ def from_summary(key: str) -> Callable[[Summary, Rounds], float | None]:
     return lambda summary, rounds: summary.get(key)
 
 
-def cumulative_detection(which: str) -> Callable[[Summary, Rounds], float | None]:
+def detection(which: str) -> Callable[[Summary, Rounds], float | None]:
     """Detection precision or recall over all rounds, from the summed per-round tp/fp/fn."""
-    miss = {"precision": "fp", "recall": "fn"}[which]
 
     def read(summary: Summary, rounds: Rounds) -> float | None:
-        scored = [r["detection"] for r in rounds if isinstance(r.get("detection"), dict)]
-        tp = sum(d.get("tp", 0) for d in scored)
-        wrong = sum(d.get(miss, 0) for d in scored)
-        return tp / (tp + wrong) if tp + wrong else None
+        scores = cumulative_detection(rounds)
+        return None if scores is None else scores[which]
 
     return read
 
@@ -85,8 +72,8 @@ METRICS: dict[str, Callable[[Summary, Rounds], float | None]] = {
     "best_acc": from_summary("best_test_acc"),
     "asr": last_round("attack_success_rate"),
     "source_recall": last_round("source_recall"),
-    "det_precision": cumulative_detection("precision"),
-    "det_recall": cumulative_detection("recall"),
+    "det_precision": detection("precision"),
+    "det_recall": detection("recall"),
     "psnr": round_mean("privacy.psnr"),  # the privacy observer's per-round mean over the images it attacked
     "ssim": round_mean("privacy.ssim"),
     "label_acc": round_mean("privacy.label_acc"),
