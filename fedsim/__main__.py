@@ -75,7 +75,13 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """Entry point: reject unknown component names and an unusable output folder in one line, then hand over to Hydra."""
+    """Entry point: fedsim's own --help; reject unknown component names and an unusable output folder in
+    one line; then hand over to Hydra."""
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        from fedsim.cli_help import help_text
+
+        print(help_text())
+        raise SystemExit(0)
     problem = unknown_group_option(sys.argv[1:]) or unknown_key(sys.argv[1:]) or output_dir_problem(sys.argv[1:])
     if problem:
         fail(problem)

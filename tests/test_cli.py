@@ -15,11 +15,23 @@ def fedsim(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_help_lists_config_groups(tmp_path):
+def test_help_lists_every_group_option_and_root_field_with_its_meaning(tmp_path):
+    from conftest import compose_config
+    from fedsim.config import group_options
+
     result = fedsim(tmp_path, "--help")
-    assert result.returncode == 0
-    for group in ("dataset", "model", "partition", "strategy", "backend", "attack", "defense", "compression", "privacy_attack"):
-        assert f"{group}:" in result.stdout
+    assert result.returncode == 0 and "Hydra's own options: python -m fedsim --hydra-help" in result.stdout
+    lines = result.stdout.splitlines()
+    for group, options in [*((g, o) for g, o in group_options().items() if g != "hydra"), ("hydra/launcher", ["local", "slurm"])]:
+        assert f"  {group}:" in lines
+        for option in options:  # each option with its one-line summary
+            assert any(line.startswith(f"    {option} ") and len(line.split(None, 1)[1]) > 10 for line in lines), (group, option)
+    cfg = compose_config([])
+    groups = set(group_options())
+    fields = [k for k, v in cfg.items() if k not in groups and not isinstance(v, dict)]
+    fields += [f"{k}.{sub}" for k, v in cfg.items() if k not in groups and isinstance(v, dict) for sub in v]
+    for name in fields:
+        assert any(line.startswith(f"  {name} = ") and len(line.split(None, 3)[-1]) > 5 for line in lines), name
 
 
 def test_cfg_job_shows_the_config(tmp_path):

@@ -165,3 +165,19 @@ def test_partition_configs_instantiate(labels: np.ndarray, name: str) -> None:
     partitioner = instantiate(OmegaConf.load(CONF / "partition" / f"{name}.yaml"))
     parts = partitioner(labels=labels, num_clients=10, seed=0)
     assert_exact_cover(parts, len(labels), 10)
+
+
+def test_show_writes_the_partitions_label_counts(tmp_path: Path, capsys) -> None:
+    from fedsim.data.show import main
+    from fedsim.engine.context import RunContext
+    from conftest import make_config
+
+    overrides = ["dataset=digits", "partition=shards", "partition.classes_per_client=2", "num_clients=6"]
+    assert main([*overrides, "--out", str(tmp_path)]) == 0
+    counts = np.loadtxt(tmp_path / "label_distribution.csv", delimiter=",", skiprows=1, dtype=int)[:, 1:]
+    ctx = RunContext.from_config(make_config(*overrides))
+    assert counts.sum(1).tolist() == [len(p) for p in ctx.partitions]
+    assert ((counts > 0).sum(1) <= 2).all()
+    assert (tmp_path / "label_distribution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["partition=bogus", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("fedsim.data.show: error: ")
