@@ -157,9 +157,10 @@ def test_lora_strategy_refuses_a_model_without_adapters() -> None:
 
 def test_ffa_lora_sends_only_b_and_head_and_epsilon_grows_through_the_engine(run_sim) -> None:
     """Real replies through the inline engine: FFA-LoRA's hold B + head (half LoRA's adapter bytes)."""
-    summary, ffa, _ = run_sim(*TINY, "strategy=ffa_lora", "rounds=2", "dp.noise_multiplier=1.0")
+    seeded = "dp.reproducible_noise=true"  # a learning check must not depend on fresh OS entropy
+    summary, ffa, _ = run_sim(*TINY, "strategy=ffa_lora", "rounds=2", "dp.noise_multiplier=1.0", seeded)
     assert summary["dp_epsilon"] == max(c["dp_epsilon"] for r in ffa for c in r["clients"].values())  # in summary.json
-    _, lora, _ = run_sim(*TINY, "strategy=lora", "rounds=1", "dp.noise_multiplier=1.0")
+    _, lora, _ = run_sim(*TINY, "strategy=lora", "rounds=1", "dp.noise_multiplier=1.0", seeded)
     model = Run(make_config(*TINY, "strategy=lora")).new_model()
     a_bytes, b_bytes = adapter_bytes(model, lora_a_names(model)), adapter_bytes(model, lora_b_names(model))
     head_bytes = adapter_bytes(model, {"head.weight", "head.bias"})
