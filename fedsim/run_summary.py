@@ -31,13 +31,17 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def precision_recall(tp: int, fp: int, fn: int) -> dict[str, float | None]:
+    """Precision and recall from confusion counts (None where undefined)."""
+    return {"precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None}
+
+
 def cumulative_detection(rounds: Rounds) -> dict[str, float | None] | None:
     """Precision and recall of the malicious verdicts over all rounds (summed tp / fp / fn); None without detection."""
     scored = [r["detection"] for r in rounds if isinstance(r.get("detection"), dict)]
     if not scored:
         return None
-    tp, fp, fn = (sum(d.get(k, 0) for d in scored) for k in ("tp", "fp", "fn"))
-    return {"precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None}
+    return precision_recall(*(sum(d.get(k, 0) for d in scored) for k in ("tp", "fp", "fn")))
 
 
 def flagged_by_kind(rounds: Rounds) -> dict[str, float]:

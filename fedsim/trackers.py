@@ -7,12 +7,13 @@ summary.json stay the source of truth; trackers only mirror their numbers.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
+
+from fedsim.extras import optional_import
 
 
 
@@ -39,14 +40,6 @@ def flat_params(cfg: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[f"{prefix}{key}"] = str(value)
     return out
-
-
-def optional_import(module: str, field: str) -> Any:
-    """Import a tracker's package, or say which extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ValueError(f"{field}=true needs {module.split('.')[0]}: pip install 'fedsim[trackers]'") from exc
 
 
 class Tracker(ABC):

@@ -11,7 +11,7 @@ import pytest
 import datasets  # noqa: E402  (the [hf] extra, which the [test] extra installs)
 
 from conftest import make_config, read_rounds  # noqa: E402
-from fedsim.config import extra_hint  # noqa: E402
+from fedsim.extras import extra_hint  # noqa: E402
 from fedsim.data.hf import flwr_partition, hf_dataset  # noqa: E402
 from fedsim.engine.context import RunContext  # noqa: E402
 from fedsim.engine.simulation import simulate  # noqa: E402

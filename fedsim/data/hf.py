@@ -20,24 +20,14 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.image_data import ImageData, from_uint8
+from fedsim.extras import optional_import
 from fedsim.params import ParamError
-
-INSTALL_HINT = 'pip install -e ".[hf]"'
-
-
-def require(module: str, what: str) -> Any:
-    """Import an optional dependency, or stop with one line naming the install."""
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ParamError(f"{what}: needs the optional Hugging Face extra ({module} is not installed); run {INSTALL_HINT}") from None
-
 
 def hf_dataset(path: str, image_key: str = "image", label_key: str = "label", train_split: str = "train",
                test_split: str = "test") -> ImageData:
     """An image classification dataset saved locally by Hugging Face ``datasets``."""
     os.environ["HF_DATASETS_OFFLINE"] = "1"
-    datasets = require("datasets", "dataset=hf")
+    datasets = optional_import("datasets", "dataset=hf")
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"dataset=hf: dataset.path={path}: no such folder (a datasets.save_to_disk folder or parquet files)")
@@ -80,7 +70,7 @@ def _arrays(split: Any, image_key: str, label_key: str) -> tuple[np.ndarray, np.
 
 def flwr_partition(labels: np.ndarray, num_clients: int, seed: int, partitioner: Any) -> list[np.ndarray]:
     """The index arrays a flwr-datasets partitioner assigns to each of ``num_clients`` partitions."""
-    datasets = require("datasets", "partition=flwr")
+    datasets = optional_import("datasets", "partition=flwr")
     partitioner.dataset = datasets.Dataset.from_dict({"label": np.asarray(labels).tolist(), "__index__": list(range(len(labels)))})
     if partitioner.num_partitions != num_clients:  # read once the dataset is set (partitioners compute it lazily)
         raise ParamError(f"partition.partitioner.num_partitions={partitioner.num_partitions}: must equal num_clients={num_clients}")

@@ -86,15 +86,13 @@ def run_local_round(side: ClientSide, message: Message, client_id: int) -> Messa
         x=x,
         y=y,
         lr=float(round_config.pop("lr", cfg["lr"])),
-        local_epochs=int(cfg["local_epochs"]),
-        batch_size=int(cfg["batch_size"]),
         generator=torch_generator(ctx.seed, "train", server_round, client_id, device=device),
         client_state=client_state,
         optimizer=side.optimizer,
         config=round_config,
         extra=extra,
-        local_steps=None if cfg.get("local_steps") is None else int(cfg["local_steps"]),
         gradient=parts.codec.gradient_estimator(server_round, client_id),
+        **ctx.local_schedule(),
     )
     result = parts.strategy.local_update(task)
     update = result.update

@@ -104,8 +104,18 @@ class RunContext:
 
     def client_data(self, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's training split, as tensors on the run's device."""
-        idx = self.partitions[client_id]
-        return self._tensor(self.data.x_train[idx]), self._tensor(self.data.y_train[idx])
+        return self.train_examples(self.partitions[client_id])
+
+    def train_examples(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """These training examples (and labels), as tensors on the run's device."""
+        return self._tensor(self.data.x_train[indices]), self._tensor(self.data.y_train[indices])
+
+    def local_schedule(self) -> dict[str, int | None]:
+        """The local training schedule every client (and the server's root training) follows:
+        ``local_epochs``, ``batch_size``, ``local_steps``, as :class:`~fedsim.strategy.LocalTask` takes them."""
+        steps = self.cfg.get("local_steps")
+        return {"local_epochs": int(self.cfg["local_epochs"]), "batch_size": int(self.cfg["batch_size"]),
+                "local_steps": None if steps is None else int(steps)}
 
     def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The central test split, as tensors on the run's device."""

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 from fedsim.attack import BENIGN, MALICIOUS, UNRELIABLE
+from fedsim.run_summary import precision_recall
 
 
 def believed_role(label: str) -> str:
@@ -19,13 +20,7 @@ def binary_scores(truth: list[bool], flagged: list[bool]) -> dict[str, float | i
     tp = sum(t and f for t, f in zip(truth, flagged))
     fp = sum(f and not t for t, f in zip(truth, flagged))
     fn = sum(t and not f for t, f in zip(truth, flagged))
-    return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "precision": tp / (tp + fp) if tp + fp else None,
-        "recall": tp / (tp + fn) if tp + fn else None,
-    }
+    return {"tp": tp, "fp": fp, "fn": fn, **precision_recall(tp, fp, fn)}
 
 
 def detection_scores(true_roles: list[str], true_kinds: list[str], labels: list[str]) -> dict[str, Any]:

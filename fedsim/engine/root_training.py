@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from fedsim.engine.context import RunContext
 from fedsim.seeding import numpy_rng, torch_generator
 from fedsim.state import ClientState, Tensors
@@ -23,36 +24,35 @@ from fedsim.training import OptimizerConfig
 
 @dataclass(frozen=True)
 class RootTraining:
-    """The root dataset's indices into the training split, and the server's local update on them."""
+    """The root dataset (its indices into the training split and its tensors, built once) and the
+    server's local update on it."""
 
     ctx: RunContext
     optimizer: OptimizerConfig
     indices: np.ndarray
+    x: torch.Tensor
+    y: torch.Tensor
 
     @classmethod
     def drawn(cls, ctx: RunContext, optimizer: OptimizerConfig, size: int) -> "RootTraining":
         """``size`` training examples drawn without replacement, seeded by the run seed."""
-        indices = numpy_rng(ctx.seed, "root-data").choice(len(ctx.data.y_train), size=size, replace=False)
-        return cls(ctx, optimizer, np.sort(indices))
+        indices = np.sort(numpy_rng(ctx.seed, "root-data").choice(len(ctx.data.y_train), size=size, replace=False))
+        return cls(ctx, optimizer, indices, *ctx.train_examples(indices))
 
     def update(self, server_round: int, global_state: Tensors, lr: float) -> Tensors:
         """The server's model delta after local training from ``global_state`` on the root data."""
-        ctx, cfg = self.ctx, self.ctx.cfg
-        x = torch.from_numpy(np.array(ctx.data.x_train[self.indices])).to(ctx.device)
-        y = torch.from_numpy(np.array(ctx.data.y_train[self.indices])).to(ctx.device)
+        ctx = self.ctx
         task = LocalTask(
             round=server_round,
             client_id=-1,
             model=model_holding(global_state, ctx.new_model),
             global_state=global_state,
-            x=x,
-            y=y,
+            x=self.x,
+            y=self.y,
             lr=lr,
-            local_epochs=int(cfg["local_epochs"]),
-            batch_size=int(cfg["batch_size"]),
             generator=torch_generator(ctx.seed, "root-train", server_round, device=str(ctx.device)),
             client_state=ClientState(device=str(ctx.device)),
             optimizer=self.optimizer,
-            local_steps=None if cfg.get("local_steps") is None else int(cfg["local_steps"]),
+            **ctx.local_schedule(),
         )
         return task.delta(Strategy.fit(task).params)

