@@ -19,7 +19,7 @@ from torch import nn
 
 from fedsim.component import Component
 from fedsim.state import Tensors
-from fedsim.strategy import ClientUpdate
+from fedsim.strategy import ClientUpdate, ReplayStage
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class ServerView:
     # The true labels of a client's batch, granted by the harness to observers run in the papers'
     # label-known threat model (``privacy_attack.labels=known``); not something a server has.
     granted_labels: Callable[[int], torch.Tensor]
+    # How the clients trained (the strategy's local schedule in the attack model's names), for attacks that
+    # simulate the upload; empty: plain SGD at ``lr`` for ``local_epochs``.
+    replay: Callable[[nn.Module], list[ReplayStage]] = lambda model: []
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 

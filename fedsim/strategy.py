@@ -38,6 +38,23 @@ from fedsim.training import (
 Combine = Callable[[list["ClientUpdate"]], Tensors]
 
 
+@dataclass(frozen=True)
+class ReplayStage:
+    """One stage of a client's local training, as an attacker replays it (differentiably) on candidate data.
+
+    ``params``: the attack model's parameter names this stage trains (None: the uploaded ones);
+    ``optimizer``, ``lr``, ``epochs``: how; ``clip_groups``: groups of names whose gradient norm is
+    each clipped to ``clip_norm`` before the optimizer's own global ``grad_clip`` (HyperFL's per-group clip).
+    """
+
+    params: tuple[str, ...] | None
+    optimizer: OptimizerConfig
+    lr: float
+    epochs: int
+    clip_groups: tuple[tuple[str, ...], ...] = ()
+    clip_norm: float | None = None
+
+
 def model_holding(state: Tensors, new_model: Callable[[], nn.Module]) -> nn.Module:
     """A fresh model loaded with ``state`` (non-strict: a strategy may share a subset of its tensors)."""
     model = new_model()
@@ -194,6 +211,11 @@ class Strategy(Component, ABC):
         inputs to logits. Default: the configured model holding the global state.
         """
         return model_holding(global_state, new_model)
+
+    def replay_stages(self, attack_model: nn.Module, optimizer: OptimizerConfig, lr: float, local_epochs: int) -> list[ReplayStage]:
+        """How a client of this strategy trains locally, in the names of ``attack_model``, for attackers that
+        simulate the upload (Inverting Gradients, GIFD). Default: the uploaded parameters, the run's optimizer."""
+        return [ReplayStage(None, optimizer, lr, local_epochs)]
 
     def bind_network(self, network: Network) -> None:
         """Server side, before round 1: the simulated network a peer-to-peer strategy's messages travel

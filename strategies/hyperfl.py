@@ -14,8 +14,8 @@ from fedsim.params import ParamError, check_range
 from fedsim.seeding import derive_seed, torch_generator
 from fedsim.state import ClientState, Tensors
 from fedsim.strategies.fedavg import FedAvg
-from fedsim.strategy import LocalResult, LocalTask, ScoredModel
-from fedsim.training import Params, clip_by_norm
+from fedsim.strategy import LocalResult, LocalTask, ReplayStage, ScoredModel
+from fedsim.training import OptimizerConfig, Params, clip_by_norm
 
 log = logging.getLogger("fedsim")
 
@@ -191,6 +191,17 @@ class HyperFL(FedAvg):
         self.load_shared(hyper, global_state)
         self.load_private(hyper, self.initial_private(hyper, torch_generator(self.seed, "hyperfl-attacker-guess")))
         return hyper
+
+    def replay_stages(self, attack_model: nn.Module, optimizer: OptimizerConfig, lr: float, local_epochs: int) -> list[ReplayStage]:
+        """The client's two stages in the attack model's names: the head alone, then the hypernetwork and
+        the embedding with the head frozen, each group's gradient clipped (as :meth:`local_update`)."""
+        head = tuple(f"target.{n}" for n in self.head_names(attack_model.target))
+        hypernet = tuple(n for n, _ in attack_model.named_parameters() if n.startswith(HYPER_PREFIX))
+        return [
+            ReplayStage(head, optimizer.replace(momentum=self.head_momentum, weight_decay=self.weight_decay), self.head_lr, self.head_epochs),
+            ReplayStage((*hypernet, EMBEDDING), optimizer.replace(momentum=self.momentum, weight_decay=self.weight_decay), lr, local_epochs,
+                        clip_groups=(hypernet, (EMBEDDING,)), clip_norm=self.max_grad_norm),
+        ]
 
     # Client side.
 

@@ -210,3 +210,34 @@ def test_hyperfl_attack_metrics_are_measured_on_the_personal_models(tmp_path: Pa
     x, y = run.test_data()
     untrained = run.attack.test_metrics(run.new_model(), x, y)
     assert record["source_recall"] != untrained["source_recall"]
+
+
+def test_an_attackers_replay_of_hyperfl_training_reproduces_the_real_upload() -> None:
+    """Given the client's true data and private parts, the replay the strategy describes to attackers (head
+    stage, then the hypernetwork with momentum 0.5, weight decay and per-group clipping) yields the upload;
+    plain SGD, which attackers simulated before, does not."""
+    from fedsim.attacks.inversion.base import InversionTarget, cosine_distance
+    from fedsim.privacy import DataFacts
+
+    strategy = HyperFL(seed=0, embedding_dim=6, hidden_dim=7, max_grad_norm=0.05)  # a clip that binds
+    state = strategy.init_global(small_mlp())
+    x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2] * 2)
+    task = LocalTask(1, 2, small_mlp(), state, x, y, 0.05, 3, 6, torch.Generator().manual_seed(0), ClientState(RecordDict()))
+    upload = strategy.local_update(task).update
+    attacked = strategy.build(small_mlp())
+    strategy.load_shared(attacked, state)
+    strategy.load_private(attacked, strategy.initial_private(attacked, torch_generator(0, "hyperfl", 2)))  # the truth, for the test
+    facts = DataFacts((1, 4, 4), 3, (0.0,), (1.0,))
+    optimizer = OptimizerConfig()
+    replay = strategy.replay_stages(attacked, optimizer, 0.05, 3)
+    assert [len(stage.params) for stage in replay] == [2, 7] and replay[1].clip_norm == 0.05
+    target = InversionTarget.from_update(attacked, upload, facts, 0.05, 3, 6, 6, torch.Generator(), replay)
+    simulated = target.simulate_update(x, y)
+    for k in upload:
+        assert torch.allclose(simulated[k], upload[k], rtol=1e-4, atol=1e-7), k
+    plain = InversionTarget.from_update(attacked, upload, facts, 0.05, 3, 6, 6, torch.Generator())
+    assert cosine_distance(plain.simulate_update(x, y), upload).item() > 100 * cosine_distance(simulated, upload).item() + 1e-4
+    # differentiable in the images: an attack can follow it
+    x_var = x.clone().requires_grad_()
+    cosine_distance(target.simulate_update(x_var, y), upload).backward()
+    assert x_var.grad is not None and x_var.grad.abs().sum() > 0

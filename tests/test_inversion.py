@@ -11,7 +11,7 @@ from torch import nn
 
 from fedsim.params import ParamError
 from fedsim.privacy import DataFacts
-from fedsim.attacks.inversion.gifd import GIFD, auxiliary_pixels, project_onto_l1_ball
+from fedsim.attacks.inversion.gifd import GIFD, auxiliary_pixels, project_onto_l1_ball, ramp
 from fedsim.attacks.inversion.inverting_gradients import InvertingGradients
 from fedsim.data import ImageData, digits
 from fedsim.attacks.inversion.base import InversionTarget
@@ -132,6 +132,38 @@ def test_gifd_l1_projection_holds_after_every_step(tmp_path):
     again.prepare_prior(facts_of(DATA), DATA.x_test, 0)  # loaded from the cache, identical weights
     for a, b in zip(attack.generator.state_dict().values(), again.generator.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_gifd_stages_radii_schedule_and_scoring(tmp_path):
+    # radii scale with the feature size and grow per stage
+    attack = GIFD(steps=4, restarts=2, generator_epochs=2, cache_dir=str(tmp_path))
+    features = [torch.zeros(1, 64, 2, 2), torch.zeros(1, 32, 4, 4)]
+    assert attack.radius(1, features[0]) == pytest.approx(0.2 * 256)
+    assert attack.radius(2, features[1]) == pytest.approx(0.3 * 512)
+    # the official schedule: zero at the start, full from 5% to 25%, half at 62.5%, near zero at the end
+    assert ramp(0.0) == 0.0 and ramp(0.1) == pytest.approx(1.0) and ramp(0.625) == pytest.approx(0.5)
+    assert ramp(0.99) < 0.01
+    torch.manual_seed(0)
+    target, _, y = fedsgd_target(CNN(DATA.input_shape, 10, channels=(8,), hidden=32), n=1)
+    attack.prepare_prior(facts_of(DATA), DATA.x_test, 0)
+    target.generator.manual_seed(7)
+    results = attack.candidates(target, y)
+    assert [(r.restart, r.stage) for r in results] == [(t, k) for t in range(2) for k in range(4)]
+    for r in results:  # the objective adds TV and l2 to the matching cost
+        assert r.objective > r.matching
+        assert r.matching == pytest.approx(target.matching_objective(r.images, y, 0.0).item(), rel=1e-5)
+    for score in ("objective", "matching"):  # the returned images are those of the best-scored stage
+        attack.score = score
+        target.generator.manual_seed(7)
+        images, _ = attack.reconstruct(target, y)
+        assert torch.equal(images, min(results, key=lambda r: getattr(r, score)).images)
+    latent_only = GIFD(steps=4, restarts=1, stages=1, generator_epochs=2, cache_dir=str(tmp_path))
+    latent_only.prepare_prior(facts_of(DATA), DATA.x_test, 0)
+    assert [r.stage for r in latent_only.candidates(target, y)] == [0]
+    with pytest.raises(ValueError, match="privacy_attack.stages=5"):
+        GIFD(stages=5)
+    with pytest.raises(ValueError, match="privacy_attack.score='psnr'"):
+        GIFD(score="psnr")
 
 
 @pytest.mark.parametrize("field,value", [("iterations", 0), ("restarts", 0), ("lr", -1.0), ("tv_weight", -1.0)])

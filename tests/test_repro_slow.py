@@ -58,6 +58,7 @@ EXPECTED: dict[str, Callable[[str], None]] = {
     "dgc.py": dgc_finding,
     "fedspeed.py": fedspeed_finding,
     "ffa_lora.py": passes,
+    "gifd.py": passes,
     "ffa_lora_epsilon.py": passes,
     "hyperfl.py": passes,
     "inversion.py": passes,

@@ -28,7 +28,8 @@ from fedsim.params import check_choice, check_range, check_that
 from fedsim.privacy import DataFacts, Observation, PrivacyAttack, Reconstruction, ServerView
 from fedsim.seeding import torch_generator
 from fedsim.state import Tensors
-from fedsim.strategy import ClientUpdate
+from fedsim.strategy import ClientUpdate, ReplayStage
+from fedsim.training import Optimizer, OptimizerConfig, global_norm
 
 log = logging.getLogger("fedsim")
 
@@ -54,6 +55,7 @@ class InversionTarget:
     mean: torch.Tensor  # (C, 1, 1) normalisation of the model's inputs
     std: torch.Tensor
     generator: torch.Generator  # the attack's own randomness
+    stages: tuple[ReplayStage, ...] = ()  # how the client trained (empty: plain SGD at lr for local_epochs)
 
     @classmethod
     def from_update(
@@ -66,6 +68,7 @@ class InversionTarget:
         batch_size: int,
         num_images: int,
         generator: torch.Generator,
+        stages: Sequence[ReplayStage] = (),
     ) -> "InversionTarget":
         device = next(model.parameters()).device
         names = {name for name, _ in model.named_parameters()}
@@ -82,6 +85,7 @@ class InversionTarget:
             mean=stats[0],
             std=stats[1],
             generator=generator,
+            stages=tuple(stages) or (ReplayStage(None, OptimizerConfig(), lr, local_epochs),),
         )
 
     @property
@@ -115,21 +119,28 @@ class InversionTarget:
 
         ``y`` holds class indices or (soft) class probabilities.
         """
-        params = self._parameters()
-        return self._grad(params, x, y)
+        return self._grad(self._parameters(), x, y, {})
 
     def simulate_update(self, x: torch.Tensor, y: torch.Tensor) -> Tensors:
-        """The update plain local SGD on ``(x, y)`` would upload (unrolled, differentiable).
+        """The update the client's local training on ``(x, y)`` would upload (unrolled, differentiable).
 
-        The client's shuffling is unknown to the server: mini-batches follow the order of ``x``.
+        Each replay stage trains its parameters with its optimizer (momentum, weight decay, clipping as
+        the client's); the other parameters keep their current values, so a stage sees what earlier
+        stages trained (HyperFL's head stage). The client's shuffling is unknown to the server:
+        mini-batches follow the order of ``x``.
         """
-        start = self._parameters()
-        params = dict(start)
-        for _ in range(self.local_epochs):
-            for first in range(0, len(x), self.batch_size):
-                batch = slice(first, first + self.batch_size)
-                grads = self._grad(params, x[batch], y[batch])
-                params = {k: p - self.lr * grads[k] for k, p in params.items()}
+        params = {k: p.detach() for k, p in self.model.named_parameters()}
+        start = {k: params[k] for k in self.update}
+        for stage in self.stages:
+            names = list(self.update) if stage.params is None else list(stage.params)
+            optimizer, state = Optimizer(stage.optimizer), {}
+            for _ in range(stage.epochs):
+                for first in range(0, len(x), self.batch_size):
+                    batch = slice(first, first + self.batch_size)
+                    trained = {k: params[k] for k in names}
+                    grads = clip_replayed(stage, self._grad(trained, x[batch], y[batch], params))
+                    trained, state = optimizer.step(trained, grads, state, stage.lr)
+                    params.update(trained)
         return {k: params[k] - start[k] for k in start}
 
     def matching_objective(self, x: torch.Tensor, y: torch.Tensor, tv_weight: float) -> torch.Tensor:
@@ -159,13 +170,26 @@ class InversionTarget:
     def _parameters(self) -> Tensors:
         return {k: p.detach() for k, p in self.model.named_parameters() if k in self.update}
 
-    def _grad(self, params: Tensors, x: torch.Tensor, y: torch.Tensor) -> Tensors:
+    def _grad(self, params: Tensors, x: torch.Tensor, y: torch.Tensor, others: Tensors) -> Tensors:
+        """Gradient in ``params``; the model's other parameters from ``others`` (else as the model holds them)."""
         params = {k: p if p.requires_grad else p.requires_grad_() for k, p in params.items()}
-        frozen = {k: p.detach() for k, p in self.model.named_parameters() if k not in params}
-        logits = functional_call(self.model, {**frozen, **params}, (x,))
+        rest = {k: others.get(k, p.detach()) for k, p in self.model.named_parameters() if k not in params}
+        logits = functional_call(self.model, {**rest, **params}, (x,))
         loss = nn.functional.cross_entropy(logits, y)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
         return dict(zip(params, grads))
+
+
+def clip_replayed(stage: ReplayStage, grads: Tensors) -> Tensors:
+    """A replay stage's clipping, differentiably: each group to ``clip_norm``, then the optimizer's global ``grad_clip``."""
+
+    def clip(group: Tensors, max_norm: float) -> Tensors:
+        scale = (max_norm / (global_norm(group.values()) + 1e-6)).clamp(max=1.0)
+        return {k: g * scale for k, g in group.items()}
+
+    for names in stage.clip_groups if stage.clip_norm is not None else ():
+        grads = {**grads, **clip({k: grads[k] for k in names if k in grads}, stage.clip_norm)}
+    return grads if stage.optimizer.grad_clip is None else clip(grads, stage.optimizer.grad_clip)
 
 
 def euclidean_distance(a: Tensors, b: Tensors) -> torch.Tensor:
@@ -239,8 +263,9 @@ class GradientInversion(PrivacyAttack):
         if update.num_examples > self.max_images:
             observation.notes[update.client_id] = {"skipped": f"{update.num_examples} examples > privacy_attack.max_images={self.max_images}"}
             return
+        model = view.attack_model()
         target = InversionTarget.from_update(
-            view.attack_model(),
+            model,
             update.update,
             view.data,
             lr=view.lr,
@@ -248,6 +273,7 @@ class GradientInversion(PrivacyAttack):
             batch_size=view.batch_size,
             num_images=update.num_examples,
             generator=torch_generator(view.seed, "privacy-attack", view.round, update.client_id),
+            stages=view.replay(model),
         )
         if not target.update:
             observation.notes[update.client_id] = {"skipped": "the update holds none of the model's parameters"}

@@ -21,6 +21,7 @@ from fedsim.privacy import DataFacts, ServerView
 from fedsim.results import RunRecorder
 from fedsim.state import ClientState, Tensors, from_record
 from fedsim.strategy import ClientUpdate
+from fedsim.training import OptimizerConfig
 
 
 @dataclass
@@ -64,18 +65,21 @@ class PrivacyObservers:
     def after_round(self, result: RoundResult, record: dict[str, Any]) -> None:
         ctx, strategy = self.ctx, self.parts.strategy
         data = ctx.data
+        lr, local_epochs = float(strategy.configure_round(result.round).get("lr", ctx.cfg["lr"])), int(ctx.cfg["local_epochs"])
+        optimizer = OptimizerConfig(**ctx.cfg["optimizer"])
         view = ServerView(
             round=result.round,
             seed=ctx.seed,
             global_state=result.start_state,
             updates=result.updates,
-            lr=float(strategy.configure_round(result.round).get("lr", ctx.cfg["lr"])),
-            local_epochs=int(ctx.cfg["local_epochs"]),
+            lr=lr,
+            local_epochs=local_epochs,
             batch_size=int(ctx.cfg["batch_size"]),
             data=DataFacts(tuple(data.input_shape), int(data.num_classes), tuple(getattr(data, "mean", ())), tuple(getattr(data, "std", ()))),
             attack_model=lambda: strategy.attack_model(result.start_state, ctx.new_model),
             held_out=data.x_test,
             granted_labels=lambda client_id: ctx.client_data(client_id)[1],
+            replay=lambda model: strategy.replay_stages(model, optimizer, lr, local_epochs),
             device=ctx.device,
         )
         observation = self.parts.privacy.observe(view)
