@@ -36,7 +36,11 @@ log = logging.getLogger("fedsim")
 LABEL_SOURCES = ("infer", "known")
 
 
-class LabelInferenceError(ValueError):
+class NotApplicable(ValueError):
+    """The attack cannot act on this upload (the observer notes why and skips the client)."""
+
+
+class LabelInferenceError(NotApplicable):
     """The update carries no classifier-layer gradient to read the labels from (iDLG's rule)."""
 
 
@@ -283,5 +287,8 @@ class GradientInversion(PrivacyAttack):
             images, guessed = self.reconstruct(target, labels)
         except LabelInferenceError as exc:
             observation.notes[update.client_id] = {"skipped": f"{exc}; use privacy_attack.labels=known"}
+            return
+        except NotApplicable as exc:
+            observation.notes[update.client_id] = {"skipped": str(exc)}
             return
         observation.reconstructions.append(Reconstruction(update.client_id, images, guessed))
