@@ -13,7 +13,7 @@ from fedsim.attacks.inversion.base import InversionTarget
 from fedsim.data import digits
 from fedsim.engine.context import Run
 from fedsim.engine.reconstruction_scores import score_batch
-from fedsim.models import CNN, MLP
+from fedsim.models import MLP
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState
 from fedsim.strategy import LocalTask
