@@ -1,6 +1,6 @@
 """The paper reproductions as slow tests: each script under experiments/repro/ runs to its verdict.
 
-``python -m pytest -m slow`` runs them all (about 25 minutes on 2 cores). A repro whose gate holds
+``python -m pytest -m slow`` runs them all (about 2 hours on 2 cores). A repro whose gate holds
 must exit 0 with its PASS line; a repro whose verdict is an honest FAIL (the paper's claim does not
 hold at our scaled setting, see README) must print that same finding, so a change that silently
 turns it into something else fails here.
@@ -54,13 +54,23 @@ def mudhog_paper_finding(verdict: str) -> None:
         assert missed != "none" and drop <= 5 and fedavg_drop > drop, mix
 
 
+def hyperfl_finding(verdict: str) -> None:
+    """HyperFL's privacy claim holds for the CNN target (every attack at or below the mean-image guess) but
+    not for the MLP, whose generated first layer gives the images to the analytic attack (README, "HyperFL")."""
+    assert verdict.startswith("FAIL: "), verdict
+    mlp, cnn = verdict[len("FAIL: "):].split(" | ")
+    assert mlp.startswith("MLP: finding: HyperFL leaks: analytic recovers"), mlp
+    assert float(re.search(r"at ([\d.]+) dB", mlp).group(1)) > 30, mlp
+    assert cnn.startswith("CNN: the claim holds: "), cnn
+
+
 EXPECTED: dict[str, Callable[[str], None]] = {
     "dgc.py": dgc_finding,
     "fedspeed.py": fedspeed_finding,
     "ffa_lora.py": passes,
     "gifd.py": passes,
     "ffa_lora_epsilon.py": passes,
-    "hyperfl.py": passes,
+    "hyperfl.py": hyperfl_finding,
     "inversion.py": passes,
     "label_flip.py": passes,
     "monna.py": passes,
@@ -78,7 +88,7 @@ def test_every_repro_script_has_an_expected_verdict() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_repro_reaches_its_verdict(script: str) -> None:
-    result = subprocess.run([sys.executable, str(REPRO / script)], capture_output=True, text=True, timeout=1800)
+    result = subprocess.run([sys.executable, str(REPRO / script)], capture_output=True, text=True, timeout=3600)
     verdicts = [line for line in result.stdout.splitlines() if line.startswith(("PASS: ", "FAIL: "))]
     assert verdicts, f"{script} printed no verdict (exit {result.returncode}):\n{result.stderr[-3000:]}"
     EXPECTED[script](verdicts[-1])
