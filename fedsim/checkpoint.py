@@ -6,12 +6,19 @@ privacy observer), and the round records so far. Random draws derive from
 (seed, round, client), so no generator state needs saving. Files are written to a
 temporary name, flushed and renamed; the last ``keep`` checkpoints are kept so a
 corrupt newest one falls back to the one before.
+
+Client states live beside the round files, one file per client and version
+(``clients/<id>_v<version>.pt``); a round file names the file of each client, so a
+checkpoint writes only the states written since the last one, and files no kept
+checkpoint names are deleted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +30,8 @@ from fedsim.state import Tensors
 log = logging.getLogger("fedsim")
 
 # Config fields that steer how a run executes, not what it computes: a resume may change them.
-RUN_CONTROL_KEYS = ("resume", "checkpoint_every", "backend", "verbose", "progress", "tracking", "client_timeout_s", "min_clients")
+RUN_CONTROL_KEYS = ("resume", "checkpoint_every", "backend", "verbose", "progress", "tracking", "client_timeout_s", "min_clients",
+                    "client_state_memory_mb")
 NUMBERS_BACKEND_KEYS = ("client_threads",)  # ...except these backend fields, which change the numbers (torch threads)
 HORIZON_KEYS = ("rounds", "strategy.rounds")  # how long the run is: a resume may extend it
 
@@ -83,9 +91,43 @@ class Checkpoint:
     round: int
     config: dict[str, Any]  # :func:`numbers_config` of the run, so a resume under another config is refused by name
     global_state: Tensors
-    client_states: dict[int, dict[str, Tensors]]
+    client_states: Mapping[int, dict[str, Tensors]]  # loaded lazily, one client at a time
     components: dict[str, dict[str, Any]]
     records: list[dict[str, Any]]
+
+
+CLIENT_FILE = re.compile(r"^(\d+)_v(\d+)\.pt$")
+
+
+class StoredClientStates(Mapping[int, dict[str, Tensors]]):
+    """The client states a round file names, read (weights only) from ``folder`` when asked for."""
+
+    def __init__(self, folder: Path, files: Mapping[int, str]) -> None:
+        self.folder, self.files = folder, dict(files)
+        for cid, name in self.files.items():
+            match = CLIENT_FILE.match(str(name))
+            if match is None or int(match.group(1)) != cid:
+                raise ValueError(f"client {cid}: {name!r} is not a client-state file name")
+
+    def version(self, client_id: int) -> int:
+        """The version of the client's state this checkpoint holds."""
+        return int(CLIENT_FILE.match(self.files[client_id]).group(2))
+
+    def __getitem__(self, client_id: int) -> dict[str, Tensors]:
+        return torch.load(self.folder / self.files[client_id], map_location="cpu", weights_only=True)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """One round file (weights-only unpickling), its client states read from beside it when asked for."""
+    fields = torch.load(path, map_location="cpu", weights_only=True)
+    fields["client_states"] = StoredClientStates(Path(path).parent / "clients", fields["client_states"])
+    return Checkpoint(**fields)
 
 
 class CheckpointStore:
@@ -101,19 +143,40 @@ class CheckpointStore:
         """Existing checkpoint files, newest first."""
         return sorted(self.folder.glob("round_*.pt"), reverse=True)
 
-    def save(self, checkpoint: Checkpoint) -> Path:
-        """Write ``checkpoint`` atomically; drop all but the newest ``keep``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def save(self, checkpoint: Checkpoint, versions: Mapping[int, int] | None = None) -> Path:
+        """Write ``checkpoint`` atomically; drop all but the newest ``keep``.
+
+        ``versions``: each client state's version (a store's write count); a state whose file of that
+        version a kept checkpoint already names is not written again (a leftover file of a killed run
+        is). Without it every state is written, as version ``round``.
+        """
+        clients = self.folder / "clients"
+        clients.mkdir(parents=True, exist_ok=True)
+        named = self.named_client_files()
+        files = {}
+        for cid, entries in checkpoint.client_states.items():
+            files[cid] = f"{int(cid)}_v{checkpoint.round if versions is None else versions[cid]}.pt"
+            if versions is None or files[cid] not in named:
+                atomic_save(entries, clients / files[cid])
         path = self.folder / f"round_{checkpoint.round:06d}.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        with tmp.open("wb") as f:
-            torch.save(vars(checkpoint), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_save({**vars(checkpoint), "client_states": files}, path)
         for old in self.paths()[self.keep :]:
             old.unlink()
+        named = self.named_client_files()
+        for stale in clients.glob("*.pt"):
+            if stale.name not in named:
+                stale.unlink()
         return path
+
+    def named_client_files(self) -> set[str]:
+        """The client-state files the kept round files name."""
+        named: set[str] = set()
+        for kept in self.paths():
+            try:
+                named.update(torch.load(kept, map_location="cpu", weights_only=True)["client_states"].values())
+            except Exception:  # an unreadable round file names nothing worth keeping
+                continue
+        return named
 
     def load_latest(self, cfg: dict[str, Any]) -> Checkpoint | None:
         """The newest sound checkpoint of a run configured as ``cfg`` (None if there is none).
@@ -126,7 +189,7 @@ class CheckpointStore:
         problems = []
         for path in self.paths():
             try:
-                checkpoint = Checkpoint(**torch.load(path, map_location="cpu", weights_only=True))
+                checkpoint = read_checkpoint(path)
                 problem = soundness_problem(checkpoint, int(cfg["rounds"]))
             except Exception as exc:  # any unreadable file: say which and why, try the previous one
                 problem = load_failure(exc)
@@ -141,6 +204,16 @@ class CheckpointStore:
         if problems:
             raise CheckpointError("no usable checkpoint in " + str(self.folder) + ": " + "; ".join(problems))
         return None
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name, flushed, then renamed over ``path``."""
+    tmp = path.with_suffix(".pt.tmp")
+    with tmp.open("wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def soundness_problem(checkpoint: Checkpoint, rounds: int) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.engine.context import Config
-from fedsim.params import check_range, check_that
+from fedsim.params import check_choice, check_range, check_that
 from fedsim.training import OptimizerConfig
 
 
@@ -37,6 +37,8 @@ def validate(cfg: Config) -> None:
     if cfg.get("max_weight_share") is not None:
         check_range("max_weight_share", cfg["max_weight_share"], 0, 1, low_open=True)
     check_range("max_client_state_mb", cfg["max_client_state_mb"], low=0, low_open=True)
+    if cfg.get("client_state_memory_mb") is not None:
+        check_range("client_state_memory_mb", cfg["client_state_memory_mb"], low=0)
     check_range("min_clients", cfg["min_clients"], 1, cfg["clients_per_round"], integer=True)
     check_range("checkpoint_every", cfg["checkpoint_every"], low=0, integer=True)
     resume = cfg["resume"]
@@ -55,6 +57,7 @@ def validate(cfg: Config) -> None:
     backend = cfg["backend"]
     check_range("backend.client_threads", backend["client_threads"], low=1, integer=True)
     if backend["name"] == "ray":
+        check_choice("backend.transport", backend.get("transport", "actors"), ("actors", "flower"))
         check_range("backend.client_cpus", backend["client_cpus"], low=0, low_open=True)
         check_range("backend.client_gpus", backend["client_gpus"], low=0)
 

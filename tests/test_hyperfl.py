@@ -15,6 +15,7 @@ from torch import nn
 
 from conftest import make_config, metrics_only, read_rounds
 from fedsim.training import OptimizerConfig
+from fedsim.checkpoint import read_checkpoint
 from fedsim.codec import Codec
 from conftest import Run
 from fedsim.evaluation import evaluate_for_labels
@@ -143,8 +144,8 @@ def test_hyperfl_reply_carries_only_hypernetwork_arrays_and_private_parts_differ
     assert all(r["eval_clients"] == 3 and r["test_acc"] > 0.5 for r in records)
 
     # the private parts live in the checkpoint's client states, one set per client, all different
-    checkpoint = torch.load(tmp_path / "checkpoints" / "round_000002.pt", weights_only=True)
-    private = {cid: states[STATE_PREFIX + PRIVATE_KEY] for cid, states in checkpoint["client_states"].items()}
+    checkpoint = read_checkpoint(tmp_path / "checkpoints" / "round_000002.pt")
+    private = {cid: states[STATE_PREFIX + PRIVATE_KEY] for cid, states in checkpoint.client_states.items()}
     assert sorted(private) == [0, 1, 2]
     assert set(private[0]) == {EMBEDDING, "net.3.weight", "net.3.bias"}
     for a, b in ((0, 1), (0, 2), (1, 2)):
@@ -161,11 +162,11 @@ def test_hyperfl_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> 
     (resumed / "summary.json").unlink()
     simulate(make_config(*overrides, "resume=true"), resumed, progress=False)
     assert metrics_only(read_rounds(resumed)) == metrics_only(read_rounds(tmp_path / "full"))
-    a, b = (torch.load(d / "checkpoints" / "round_000003.pt", weights_only=True) for d in (tmp_path / "full", resumed))
-    assert all(torch.equal(a["global_state"][k], b["global_state"][k]) for k in a["global_state"])
-    for cid, states in a["client_states"].items():
+    a, b = (read_checkpoint(d / "checkpoints" / "round_000003.pt") for d in (tmp_path / "full", resumed))
+    assert all(torch.equal(a.global_state[k], b.global_state[k]) for k in a.global_state)
+    for cid, states in a.client_states.items():
         for name, tensor in states[STATE_PREFIX + PRIVATE_KEY].items():
-            assert torch.equal(tensor, b["client_states"][cid][STATE_PREFIX + PRIVATE_KEY][name])
+            assert torch.equal(tensor, b.client_states[cid][STATE_PREFIX + PRIVATE_KEY][name])
 
 
 def test_hyperfl_attack_model_exposes_the_hypernetwork_with_guessed_private_parts() -> None:
@@ -203,9 +204,9 @@ def test_hyperfl_attack_metrics_are_measured_on_the_personal_models(tmp_path: Pa
     record = read_rounds(tmp_path)[-1]
     run = Run(cfg)
     assert isinstance(run.attack, LabelFlip)
-    checkpoint = torch.load(tmp_path / "checkpoints" / "round_000002.pt", weights_only=True)
-    states = {cid: ClientState({k: to_record(v) for k, v in s.items()}) for cid, s in checkpoint["client_states"].items()}
-    expected = score_models(run.ctx, run.strategy, run.attack, Truth.of(run.attack, 3, run.seed), checkpoint["global_state"], states)
+    checkpoint = read_checkpoint(tmp_path / "checkpoints" / "round_000002.pt")
+    states = {cid: ClientState({k: to_record(v) for k, v in s.items()}) for cid, s in checkpoint.client_states.items()}
+    expected = score_models(run.ctx, run.strategy, run.attack, Truth.of(run.attack, 3, run.seed), checkpoint.global_state, states)
     assert record["source_recall"] == expected["source_recall"] and record["eval_clients"] == 2
     x, y = run.test_data()
     untrained = run.attack.test_metrics(run.new_model(), x, y)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedsim.checkpoint import read_checkpoint
+
 from conftest import cli_in_process, make_config, metrics_only, read_rounds
 from fedsim.engine.replies import TooFewClients
 from fedsim.engine.simulation import simulate
@@ -52,7 +54,9 @@ def finish(process: subprocess.Popen) -> subprocess.CompletedProcess:
 
 
 def checkpoint_at(run_dir: Path, rnd: int) -> dict:
-    return torch.load(run_dir / "checkpoints" / f"round_{rnd:06d}.pt", weights_only=True)
+    """A round's checkpoint as a dict, its client states read in."""
+    checkpoint = read_checkpoint(run_dir / "checkpoints" / f"round_{rnd:06d}.pt")
+    return {**vars(checkpoint), "client_states": dict(checkpoint.client_states)}
 
 
 def assert_equal_nested(a, b, where: str = "") -> None:
@@ -267,15 +271,19 @@ def test_a_failed_or_silent_client_keeps_the_state_it_had(tmp_path, second_call_
             assert_equal_nested(after_2["client_states"][cid], after_1["client_states"][cid])
 
 
-def test_ray_run_checkpoints_the_same_state_as_inline(tmp_path):
+@pytest.mark.parametrize("transport", ["actors", "flower"])
+def test_ray_run_checkpoints_the_same_state_as_inline(tmp_path, transport):
+    """fedsim's actor pool and Flower's engine both deliver exactly what the inline Grid computes."""
     runs = {}
     for backend in ("inline", "ray"):
-        cfg = make_config(*STATEFUL[:-2], f"backend={backend}", "rounds=3", "checkpoint_every=3")
+        cfg = make_config(*STATEFUL[:-2], f"backend={backend}", "rounds=3", "checkpoint_every=3",
+                          *([f"backend.transport={transport}"] if backend == "ray" else []))
         simulate(cfg, tmp_path / backend, progress=False)
         runs[backend] = checkpoint_at(tmp_path / backend, 3)
     inline, ray = runs["inline"], runs["ray"]
     assert inline["records"] and metrics_only(inline["records"]) == metrics_only(ray["records"])
     assert_equal_nested(inline["client_states"], ray["client_states"], "client_states")
+    assert_equal_nested(inline["global_state"], ray["global_state"], "global_state")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ the public :class:`~fedsim.privacy.ServerView`; the harness scores what they ret
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,8 +33,41 @@ class RoundResult:
     start_state: Tensors  # the global state the round started from
     global_state: Tensors  # the new global state
     updates: list[ClientUpdate]  # accepted (after the server-side adversary), before screening
-    client_states: dict[int, dict[str, ArrayRecord]] = field(default_factory=dict)
+    client_states: Mapping[int, dict[str, ArrayRecord]] = field(default_factory=dict)  # every hosted state, by client id
     started: float = field(default_factory=time.perf_counter)  # perf_counter() when the round began
+
+
+@dataclass
+class HostedStates(Mapping[int, ClientState]):
+    """Every hosted client state as a :class:`ClientState`, made when asked for (a spilled one is read then)."""
+
+    entries: Mapping[int, dict[str, ArrayRecord]]
+    device: str
+
+    def __getitem__(self, client_id: int) -> ClientState:
+        return ClientState(self.entries[client_id], self.device)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass
+class TensorStates(Mapping[int, dict[str, Tensors]]):
+    """Every hosted client state as tensors, converted when asked for (what a checkpoint writes)."""
+
+    entries: Mapping[int, dict[str, ArrayRecord]]
+
+    def __getitem__(self, client_id: int) -> dict[str, Tensors]:
+        return {k: from_record(v) for k, v in self.entries[client_id].items()}
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 class Callback(Protocol):
@@ -50,7 +84,7 @@ class CentralEvaluation:
 
     def after_round(self, result: RoundResult, record: dict[str, Any]) -> None:
         device = str(self.ctx.device)
-        states = {cid: ClientState(entries, device) for cid, entries in result.client_states.items()}
+        states = HostedStates(result.client_states, device)
         record.update(score_models(self.ctx, self.parts.strategy, self.parts.attack, self.truth, result.global_state, states))
 
 
@@ -112,13 +146,15 @@ class Checkpointing:
     def after_round(self, result: RoundResult, record: dict[str, Any]) -> None:
         if not self.every or (result.round % self.every and result.round != self.last_round):
             return
+        states = result.client_states
         self.store.save(
             Checkpoint(
                 round=result.round,
                 config=self.config,
                 global_state=result.global_state,
-                client_states={cid: {k: from_record(v) for k, v in s.items()} for cid, s in result.client_states.items()},
+                client_states=TensorStates(states),
                 components={kind: c.state_dict() for kind, c in self.parts.by_kind().items()},
                 records=list(self.recorder.records),
-            )
+            ),
+            versions=getattr(states, "versions", None),
         )

@@ -26,16 +26,7 @@ class InlineGrid(Grid):
     def __init__(self, client_app: ClientApp, num_nodes: int, run: Run) -> None:
         self._client_app = client_app
         self._run = run
-        self._contexts = {
-            node_id: Context(
-                run_id=run.run_id,
-                node_id=node_id,
-                node_config={"partition-id": pid, "num-partitions": num_nodes},
-                state=RecordDict(),
-                run_config={},
-            )
-            for pid, node_id in enumerate(range(1001, 1001 + num_nodes))
-        }
+        self._contexts = node_contexts(run, num_nodes)
         self._replies: dict[str, tuple[Message, float]] = {}  # message id -> (reply, seconds the client took)
 
     def set_run(self, run: Run) -> None:
@@ -79,9 +70,22 @@ class InlineGrid(Grid):
         return self.pull_messages(ids)
 
     def _deliver(self, message: Message) -> Message:
-        context = self._contexts[message.metadata.dst_node_id]
-        try:
-            return self._client_app(message, context)
-        except Exception as exc:  # a failing client is an error reply, as in Flower's engine
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+        return deliver(self._client_app, message, self._contexts[message.metadata.dst_node_id])
+
+
+def node_contexts(run: Run, num_nodes: int) -> dict[int, Context]:
+    """Node id -> the node's Context for the run (node ``1001 + i`` plays partition ``i``)."""
+    return {
+        node_id: Context(run_id=run.run_id, node_id=node_id, node_config={"partition-id": pid, "num-partitions": num_nodes},
+                         state=RecordDict(), run_config={})
+        for pid, node_id in enumerate(range(1001, 1001 + num_nodes))
+    }
+
+
+def deliver(client_app: ClientApp, message: Message, context: Context) -> Message:
+    """The ClientApp's reply to ``message``; a client that raises gives an error reply, as in Flower's engine."""
+    try:
+        return client_app(message, context)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)

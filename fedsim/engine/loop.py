@@ -24,6 +24,7 @@ from fedsim.engine.messages import train_messages
 from fedsim.engine.nodes import discover
 from fedsim.engine.replies import Collected, collect, require_enough
 from fedsim.engine.root_training import RootTraining
+from fedsim.engine.state_store import ClientStateStore
 from fedsim.engine.round_record import round_record
 from fedsim.engine.weights import cap_weight_shares
 from fedsim.network import AdversarialDelivery
@@ -48,7 +49,8 @@ class FederatedServer:
         parts.strategy.bind_network(AdversarialDelivery(byzantine, ctx.seed))
         root_size = parts.defense.root_examples()
         self.root = RootTraining.drawn(ctx, self.optimizer, root_size) if root_size else None
-        self.client_states: dict[int, dict[str, Any]] = {}
+        budget = self.cfg.get("client_state_memory_mb")
+        self.client_states = ClientStateStore(recorder.out_dir / "client_states", None if budget is None else int(float(budget) * 2**20))
         self.checkpoints = CheckpointStore(recorder.out_dir / "checkpoints")
         self.callbacks = [
             CentralEvaluation(ctx, parts, self.truth),
@@ -62,12 +64,15 @@ class FederatedServer:
         node_of = discover(grid, self.ctx.num_clients)
         done, global_state = self.start()
         bar = tqdm(range(done + 1, self.ctx.rounds + 1), initial=done, total=self.ctx.rounds, desc="rounds", unit="round", disable=not self.progress)
-        for server_round in bar:
-            record, result = self.run_round(grid, node_of, server_round, global_state)
-            for callback in self.callbacks:
-                callback.after_round(result, record)
-            global_state = result.global_state
-            bar.set_postfix(acc=f"{record['test_acc']:.4f}", loss=f"{record['test_loss']:.3f}")
+        try:
+            for server_round in bar:
+                record, result = self.run_round(grid, node_of, server_round, global_state)
+                for callback in self.callbacks:
+                    callback.after_round(result, record)
+                global_state = result.global_state
+                bar.set_postfix(acc=f"{record['test_acc']:.4f}", loss=f"{record['test_loss']:.3f}")
+        finally:
+            self.client_states.close()
         return global_state
 
     def start(self) -> tuple[int, Tensors]:
@@ -84,7 +89,8 @@ class FederatedServer:
                                   "resume=auto starts afresh when there is none")
         for kind, component in self.parts.by_kind().items():
             component.load_state_dict(checkpoint.components[kind])
-        self.client_states = {cid: {k: to_record(v) for k, v in s.items()} for cid, s in checkpoint.client_states.items()}
+        for cid, entries in checkpoint.client_states.items():
+            self.client_states.restore(cid, {k: to_record(v) for k, v in entries.items()}, checkpoint.client_states.version(cid))
         self.recorder.restore(checkpoint.records)
         log.warning("resumed from %s after round %d", self.checkpoints.folder, checkpoint.round)
         return checkpoint.round, checkpoint.global_state

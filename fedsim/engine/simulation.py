@@ -1,9 +1,11 @@
 """Running one configured simulation on a chosen backend.
 
 ``backend=inline``: the ServerApp logic drives an in-process ``InlineGrid`` (no Ray).
-``backend=ray``: Flower's simulation engine (``flwr.simulation.run_simulation``)
-runs the same ClientApp on Ray actors, locally or on an existing cluster
-(``backend.ray_address``). Both give identical metrics for the same seed.
+``backend=ray``: the same ClientApp on Ray actors, locally or on an existing cluster
+(``backend.ray_address``): through fedsim's ``RayGrid`` and its pool of long-lived actors
+(``backend.transport=actors``, the default), or through Flower's simulation engine
+(``flwr.simulation.run_simulation``, ``backend.transport=flower``). All give identical
+metrics for the same seed.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from fedsim.engine.client_app import build_client_app
 from fedsim.engine.context import Components, Config, RunContext, build_components, check_fit
 from fedsim.engine.inline_grid import InlineGrid
 from fedsim.engine.loop import FederatedServer
+from fedsim.engine.ray_grid import RayGrid, release_pool, worker_pool
 from fedsim.results import RunRecorder
 from fedsim.trackers import trackers_for
 
 BACKENDS = ("inline", "ray")
+TRANSPORTS = ("actors", "flower")
 
 
 def simulate(
@@ -55,23 +59,37 @@ def simulate(
     server = FederatedServer(ctx, parts, recorder, progress)
     if backend == "inline":  # the frozen context is shared; the client side builds its own components
         run_inline(server, build_client_app(cfg, ctx), ctx.num_clients)
-    else:  # every Ray actor builds its own context and components
-        run_ray(server, build_client_app(cfg), cfg)
+    elif cfg["backend"].get("transport", "actors") == "actors":  # every Ray actor builds its own context and components
+        run_actors(server, cfg)
+    else:
+        run_flower(server, build_client_app(cfg), cfg)
     return server.recorder.finish({"backend": backend, "wall_s": time.perf_counter() - started})
 
 
 def run_inline(server: FederatedServer, client_app: Any, num_clients: int) -> None:
     """Drive the rounds through an in-process Grid."""
+    server.run(InlineGrid(client_app, num_clients, server_run()))
+
+
+def run_actors(server: FederatedServer, cfg: Config) -> None:
+    """Drive the rounds through fedsim's RayGrid on the process's pool of long-lived actors."""
+    pool = worker_pool(cfg["backend"], bool(cfg.get("verbose", False)))
+    server.run(RayGrid(pool, cfg, int(cfg["num_clients"]), server_run()))
+
+
+def server_run() -> Run:
+    """The Flower run a Grid of this process serves, with the server's task identity set."""
     run = Run.create_empty(run_id=1)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run.run_id, SUPERLINK_NODE_ID
-    server.run(InlineGrid(client_app, num_clients, run))
+    return run
 
 
-def run_ray(server: FederatedServer, client_app: Any, cfg: Config) -> None:
+def run_flower(server: FederatedServer, client_app: Any, cfg: Config) -> None:
     """Drive the rounds through Flower's Ray simulation engine."""
     from flwr.simulation import run_simulation
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's future default, and no warning
+    release_pool()  # fedsim's actors would hold the CPUs Flower's actors need
     backend = cfg["backend"]
     server_app = ServerApp()
     failure: list[BaseException] = []
