@@ -32,7 +32,7 @@ log = logging.getLogger("fedsim")
 # Config fields that steer how a run executes, not what it computes: a resume may change them.
 RUN_CONTROL_KEYS = ("resume", "checkpoint_every", "backend", "verbose", "progress", "tracking", "client_timeout_s", "min_clients",
                     "client_state_memory_mb")
-NUMBERS_BACKEND_KEYS = ("client_threads",)  # ...except these backend fields, which change the numbers (torch threads)
+NUMBERS_BACKEND_KEYS = ("client_threads", "vectorize")  # ...except these backend fields, which change the numbers (threads, float order)
 HORIZON_KEYS = ("rounds", "strategy.rounds")  # how long the run is: a resume may extend it
 
 

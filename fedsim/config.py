@@ -56,6 +56,10 @@ def validate(cfg: Config) -> None:
     OptimizerConfig(**cfg["optimizer"])  # checks its own fields
     backend = cfg["backend"]
     check_range("backend.client_threads", backend["client_threads"], low=1, integer=True)
+    check_that("backend.vectorize", backend.get("vectorize", False), isinstance(backend.get("vectorize", False), bool), "true or false")
+    if backend.get("vectorize"):
+        check_that("backend.vectorize", True, cfg.get("client_timeout_s") is None,
+                   "false with client_timeout_s set: a vectorised cohort trains its clients together, so no client can be timed alone")
     if backend["name"] == "ray":
         check_choice("backend.transport", backend.get("transport", "actors"), ("actors", "flower"))
         check_range("backend.client_cpus", backend["client_cpus"], low=0, low_open=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, Strategy
-from fedsim.training import GradientFn, LossTerm
+from fedsim.training import GradientFn, LocalTraining, LossTerm, TrainOutcome
 
 
 class FedAvg(Strategy):
@@ -14,8 +14,26 @@ class FedAvg(Strategy):
     aggregator is configured) to the global model."""
 
     def local_update(self, task: LocalTask) -> LocalResult:
-        trained = self.fit(task, loss_terms=self.loss_terms(task), gradient=self.gradient())
+        return self.finish(task, self.training_for(task).run(task.trainable(), task.batches()))
+
+    def training_for(self, task: LocalTask) -> LocalTraining:
+        """The task's training loop with this strategy's contributions."""
+        return task.training(**self.fit_args(task))  # type: ignore[arg-type]
+
+    def fit_args(self, task: LocalTask) -> dict[str, object]:
+        """This strategy's contributions to the task's training loop."""
+        return {"loss_terms": self.loss_terms(task), "gradient": self.gradient()}
+
+    def finish(self, task: LocalTask, trained: TrainOutcome) -> LocalResult:
+        """The upload of a trained task: the delta, the example count, the mean training loss."""
         return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss})
+
+    @property
+    def vectorizable(self) -> bool:
+        """Whether a cohort of its clients can train as one vectorised loop (``backend.vectorize``): the local
+        update is this one (FedAvg's, or a subclass adding only client-independent loss terms such as
+        FedProx's) with the plain gradient."""
+        return type(self).local_update is FedAvg.local_update and type(self).finish is FedAvg.finish and self.gradient() is None
 
     def loss_terms(self, task: LocalTask) -> tuple[LossTerm, ...]:
         """Terms added to the local loss; subclasses add regularisers."""

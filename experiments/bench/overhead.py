@@ -8,6 +8,11 @@ Cases (MNIST-5k, the default MLP, 1 local epoch, batch 32 unless said):
 - inline per-client path vs the bare loop, 100 clients / 10 per round and 10 clients / all (10 rounds);
 - fedsim's Ray transport (2 actors) vs the bare loop on the 100-client job, start-up excluded, and vs
   inline on a CNN job (10 clients, 2 local epochs, 5 rounds); Flower's transport is printed beside it;
+- the 100-client job as a plain Flower app (``plain_flower.py``: Flower's FedAvg and a ClientApp, as a
+  Flower user writes it) vs fedsim's Ray transport: warm rounds, and the whole run with Ray's start-up;
+- 100 clients, all per round: the vectorised cohort (``backend.vectorize=true``) vs the bare loop, its final
+  accuracy vs the per-client path's, and the achieved share of this machine's matmul throughput (a
+  ``torch.bmm`` probe in the same run) for the bare loop, inline and vectorised;
 - a 6-job Hydra multirun on Ray (``python -m fedsim -m seed=0,...,5``): the start-up all six jobs pay
   together vs the first job's;
 - 10,000 clients with DGC state (1,000 per round for 10 rounds, 1.27 MB each, ~12.7 GB in all) on a
@@ -41,6 +46,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from fedsim.data import mnist5k
+from plain_flower import plain_flower_job
 from fedsim.engine.context import Run, RunContext
 from fedsim.engine.simulation import simulate
 from fedsim.evaluation import evaluate
@@ -98,8 +104,9 @@ def bare_loop(env: Run) -> float:
     return time.perf_counter() - started
 
 
-def fedsim_run(overrides: list[str], repeat: int = 1) -> tuple[float, float, float]:
-    """(total wall, rounds wall, final accuracy) of the fastest of ``repeat`` runs (server data loaded outside)."""
+def fedsim_run(overrides: list[str], repeat: int = 1) -> tuple[float, float, float, list[float]]:
+    """(total wall, rounds wall, final accuracy, each round's wall) of the fastest of ``repeat`` runs (server data
+    loaded outside)."""
     cfg = config(overrides)
     ctx = RunContext.from_config(cfg)
     best = None
@@ -109,7 +116,7 @@ def fedsim_run(overrides: list[str], repeat: int = 1) -> tuple[float, float, flo
             summary = simulate(cfg, Path(out), progress=False, ctx=ctx)
             total = time.perf_counter() - started
             records = [json.loads(line) for line in (Path(out) / "rounds.jsonl").read_text().splitlines()]
-        result = (total, sum(r["wall_s"] for r in records), summary["final_test_acc"])
+        result = (total, sum(r["wall_s"] for r in records), summary["final_test_acc"], [r["wall_s"] for r in records])
         best = result if best is None or result[0] < best[0] else best
     return best
 
@@ -118,22 +125,71 @@ def overhead(rounds: int, repeat: int) -> None:
     for case, overrides in CASES.items():
         base = [*overrides, f"rounds={rounds}"]
         bare = min(bare_loop(Run(config([*base, "backend=inline"]))) for _ in range(repeat))
-        total, _, acc = fedsim_run([*base, "backend=inline"], repeat)
+        total, _, acc, _ = fedsim_run([*base, "backend=inline"], repeat)
         slug = case.split(",")[0].replace(" ", "_")
         print(f"{case}: bare {bare:.2f} s, inline {total:.2f} s (acc {acc:.3f})")
         figure(f"inline_over_bare[{slug}]", total / bare, "<=", 1.0)
         if case.startswith("100"):
-            for transport in ("actors", "flower"):
-                total, rounds_wall, acc = fedsim_run([*base, *RAY, f"backend.transport={transport}"])
+            release_ray()  # the first actors run pays Ray's start-up, as a fresh process would
+            runs = {transport: fedsim_run([*base, *RAY, f"backend.transport={transport}"]) for transport in ("actors", "flower")}
+            for transport, (total, rounds_wall, acc, _) in runs.items():
                 print(f"{case}: ray/{transport} rounds {rounds_wall:.2f} s + start-up {total - rounds_wall:.2f} s (acc {acc:.3f})")
-                if transport == "actors":
-                    figure(f"ray_actors_rounds_over_bare[{slug}]", rounds_wall / bare, "<=", 1.5)
-    inline_total, inline_rounds, _ = fedsim_run([*CNN, "backend=inline"])
+            total, rounds_wall, _, walls = runs["actors"]
+            figure(f"ray_actors_rounds_over_bare[{slug}]", rounds_wall / bare, "<=", 1.5)
+            flower_total, flower_rounds = plain_flower_job(config([*base, "backend=inline"]))
+            warm, flower_warm = float(np.mean(walls[1:])), float(np.mean(flower_rounds[1:]))
+            print(f"{case}: plain Flower app {flower_total:.2f} s in all, warm rounds {flower_warm:.3f} s; "
+                  f"fedsim ray/actors {total:.2f} s in all, warm rounds {warm:.3f} s")
+            figure(f"plain_flower_warm_round_over_ray_actors[{slug}]", flower_warm / warm, ">=", 4.0)
+            figure(f"ray_actors_whole_run_over_plain_flower[{slug}]", total / flower_total, "<=", 0.6)
+    _, inline_rounds, _, _ = fedsim_run([*CNN, "backend=inline"])
     for transport in ("actors", "flower"):
-        total, rounds_wall, _ = fedsim_run([*CNN, *RAY, f"backend.transport={transport}"])
+        total, rounds_wall, _, _ = fedsim_run([*CNN, *RAY, f"backend.transport={transport}"])
         print(f"CNN job: inline rounds {inline_rounds:.2f} s; ray/{transport} rounds {rounds_wall:.2f} s + start-up {total - rounds_wall:.2f} s")
         if transport == "actors":
             figure("ray_actors_cnn_rounds_over_inline", rounds_wall / inline_rounds, "<=", 0.65)
+
+
+def matmul_probe(threads: int = 1) -> float:
+    """This machine's float32 matmul throughput (FLOP/s) by a ``torch.bmm`` of the MLP's first-layer shape."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(100, 32, 784), torch.randn(100, 784, 200)
+    torch.bmm(a, b)
+    started, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        torch.bmm(a, b)
+    return reps * 2 * 100 * 32 * 784 * 200 / (time.perf_counter() - started)
+
+
+def training_flops(env: Run) -> float:
+    """The FLOPs of a run's local training (forward + backward ~ 3x the forward's multiply-adds, x2 per MAC)."""
+    macs = sum(p.numel() for n, p in env.new_model().named_parameters() if n.endswith("weight"))
+    examples = sum(len(env.partitions[c]) for r in range(1, env.cfg["rounds"] + 1)
+                   for c in sample_clients(env.cfg["num_clients"], env.cfg["clients_per_round"], env.seed, r))
+    return 3 * 2 * macs * examples * env.cfg["local_epochs"]
+
+
+def vectorised(rounds: int, repeat: int) -> None:
+    """100 clients, all per round: the bare loop, the inline per-client path and the vectorised cohort."""
+    base = ["num_clients=100", "clients_per_round=100", f"rounds={rounds}", "backend=inline"]
+    env = Run(config(base))
+    bare = min(bare_loop(env) for _ in range(repeat))
+    inline, _, inline_acc, _ = fedsim_run(base, repeat)
+    vector, _, vector_acc, _ = fedsim_run([*base, "backend.vectorize=true"], repeat)
+    peak, flops = matmul_probe(), training_flops(env)
+    print(f"100 clients, all per round: bare {bare:.2f} s, inline {inline:.2f} s (acc {inline_acc:.4f}), "
+          f"vectorised {vector:.2f} s (acc {vector_acc:.4f}); bmm probe {peak / 1e9:.1f} GFLOP/s (1 thread)")
+    for name, seconds in (("bare", bare), ("inline", inline), ("vectorised", vector)):
+        print(f"  {name}: {flops / seconds / 1e9:.2f} GFLOP/s = {100 * flops / seconds / peak:.1f}% of the bmm probe")
+    figure("vectorised_over_bare[100_clients_all]", vector / bare, "<=", 0.6)
+    figure("vectorised_accuracy_gap_points", 100 * abs(vector_acc - inline_acc), "<=", 0.5)
+
+
+def release_ray() -> None:
+    """Shut this process's Ray down (and with it fedsim's pool), so the next Ray run starts afresh."""
+    import ray
+
+    ray.shutdown()
 
 
 def sweep(out: Path) -> None:
@@ -191,11 +247,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds, no 10,000-client case")
     parser.add_argument("--repeat", type=int, default=2, help="bare and inline runs repeated, fastest kept")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the sweep and the 10,000-client run (default: a temporary one)")
+    parser.add_argument("--cases", default="overhead,vectorised,sweep,many", help="which of overhead, vectorised, sweep, many to run")
     args = parser.parse_args()
-    overhead(3 if args.quick else 10, args.repeat)
+    cases = set(args.cases.split(","))
+    if "overhead" in cases:
+        overhead(3 if args.quick else 10, args.repeat)
+    if "vectorised" in cases:
+        vectorised(3 if args.quick else 10, args.repeat)
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        sweep(Path(scratch) / "sweep")
-        if not args.quick:
+        if "sweep" in cases:
+            sweep(Path(scratch) / "sweep")
+        if "many" in cases and not args.quick:
             many_stateful_clients(Path(scratch))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -24,7 +25,7 @@ from flwr.clientapp import ClientApp
 from fedsim.engine.context import Components, Config, RunContext, build_components
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState, from_record, state_entries
-from fedsim.strategy import LocalTask, model_holding
+from fedsim.strategy import LocalResult, LocalTask, model_holding
 from fedsim.training import OptimizerConfig
 
 
@@ -63,8 +64,18 @@ def client_side_for(cfg: Config, context: RunContext | None = None) -> ClientSid
     return _CLIENT_SIDES[key]
 
 
-def run_local_round(side: ClientSide, message: Message, client_id: int) -> Message:
-    """One client's work for one round; returns the reply message."""
+@dataclass
+class Prepared:
+    """One client's round, set up: its fresh components, the task, the attack it plays (None: honest)."""
+
+    parts: Components
+    task: LocalTask
+    attack: Any
+    message: Message
+
+
+def prepare(side: ClientSide, message: Message, client_id: int) -> Prepared:
+    """The client's data (poisoned if it is malicious), state and task for this message."""
     ctx, parts = side.context, side.fresh()
     cfg, device = ctx.cfg, str(ctx.device)
     torch.set_num_threads(int(cfg["backend"]["client_threads"]))
@@ -77,7 +88,6 @@ def run_local_round(side: ClientSide, message: Message, client_id: int) -> Messa
     x, y = ctx.client_data(client_id)
     if attack is not None:
         x, y = attack.poison_data(x, y, torch_generator(ctx.seed, "data-attack", server_round, client_id))
-    client_state = ClientState(state_entries(message.content), device)
     task = LocalTask(
         round=server_round,
         client_id=client_id,
@@ -87,21 +97,31 @@ def run_local_round(side: ClientSide, message: Message, client_id: int) -> Messa
         y=y,
         lr=float(round_config.pop("lr", cfg["lr"])),
         generator=torch_generator(ctx.seed, "train", server_round, client_id, device=device),
-        client_state=client_state,
+        client_state=ClientState(state_entries(message.content), device),
         optimizer=side.optimizer,
         config=round_config,
         extra=extra,
         gradient=parts.codec.gradient_estimator(server_round, client_id),
         **ctx.local_schedule(),
     )
-    result = parts.strategy.local_update(task)
-    update = result.update
-    if attack is not None:
-        update = attack.poison_update(update, torch_generator(ctx.seed, "update-attack", server_round, client_id))
-    encoded: ArrayRecord = parts.codec.encode(update, client_state, server_round)
+    return Prepared(parts, task, attack, message)
+
+
+def reply(side: ClientSide, prepared: Prepared, result: LocalResult) -> Message:
+    """The reply to a prepared round: the update (poisoned if malicious, then encoded), count, metrics, state."""
+    ctx, task, update = side.context, prepared.task, result.update
+    if prepared.attack is not None:
+        update = prepared.attack.poison_update(update, torch_generator(ctx.seed, "update-attack", task.round, task.client_id))
+    encoded: ArrayRecord = prepared.parts.codec.encode(update, task.client_state, task.round)
     metrics = {"num_examples": result.num_examples, **result.metrics}
-    content = RecordDict({"update": encoded, "metrics": MetricRecord(metrics), **client_state.entries()})
-    return Message(content, reply_to=message)
+    content = RecordDict({"update": encoded, "metrics": MetricRecord(metrics), **task.client_state.entries()})
+    return Message(content, reply_to=prepared.message)
+
+
+def run_local_round(side: ClientSide, message: Message, client_id: int) -> Message:
+    """One client's work for one round; returns the reply message."""
+    prepared = prepare(side, message, client_id)
+    return reply(side, prepared, prepared.parts.strategy.local_update(prepared.task))
 
 
 def build_client_app(cfg: Config, context: RunContext | None = None) -> ClientApp:

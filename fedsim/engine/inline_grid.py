@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -18,15 +18,18 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.run import Run
 from flwr.serverapp import Grid
 
+from fedsim.state import state_entries
+
 
 
 class InlineGrid(Grid):
     """A Grid whose nodes are ``num_nodes`` ClientApp instances called in this process."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run: Run) -> None:
+    def __init__(self, client_app: ClientApp, num_nodes: int, run: Run, cohort: Cohort | None = None) -> None:
         self._client_app = client_app
         self._run = run
         self._contexts = node_contexts(run, num_nodes)
+        self._cohort = cohort  # runs a round's train messages together (backend.vectorize)
         self._replies: dict[str, tuple[Message, float]] = {}  # message id -> (reply, seconds the client took)
 
     def set_run(self, run: Run) -> None:
@@ -45,14 +48,29 @@ class InlineGrid(Grid):
         return list(self._contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        if self._cohort is not None and messages and all(m.metadata.message_type == "train" for m in messages):
+            return self._push_cohort(messages)
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
             started = time.perf_counter()
             reply = self._deliver(message)
             self._replies[message.metadata.message_id] = (reply, time.perf_counter() - started)
+            drop_hosted_state(message)
             ids.append(message.metadata.message_id)
         return ids
+
+    def _push_cohort(self, messages: list[Message]) -> list[str]:
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+        started = time.perf_counter()
+        replies = self._cohort([(m, self._contexts[m.metadata.dst_node_id]) for m in messages])
+        seconds = (time.perf_counter() - started) / len(messages)  # a cohort trains together: each client takes its share
+        for message, reply in zip(messages, replies):
+            self._replies[message.metadata.message_id] = (reply, seconds)
+            drop_hosted_state(message)
+        return [m.metadata.message_id for m in messages]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i)[0] for i in message_ids if i in self._replies]
@@ -71,6 +89,16 @@ class InlineGrid(Grid):
 
     def _deliver(self, message: Message) -> Message:
         return deliver(self._client_app, message, self._contexts[message.metadata.dst_node_id])
+
+
+Cohort = Callable[[list[tuple[Message, Context]]], list[Message]]  # replies to (message, node context) pairs, in order
+
+
+def drop_hosted_state(message: Message) -> None:
+    """Free a delivered message's copy of the client's hosted state (the server's store keeps the state), so a
+    round of a large cohort does not hold every sampled client's state twice."""
+    for key in state_entries(message.content):
+        del message.content[key]
 
 
 def node_contexts(run: Run, num_nodes: int) -> dict[int, Context]:

@@ -31,7 +31,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedsim.engine.inline_grid import deliver, node_contexts
+from fedsim.engine.inline_grid import deliver, drop_hosted_state, node_contexts
 
 log = logging.getLogger("fedsim")
 
@@ -53,14 +53,20 @@ class ClientWorker:
 
     def run(self, key: str, cfg: Config, paths: list[str], items: list[tuple[Message, Context]]) -> list[tuple[Message, float]]:
         from fedsim.engine.client_app import build_client_app
+        from fedsim.engine.simulation import cohort_runner
 
         if key not in self.apps:
             missing = [p for p in paths if p not in sys.path]  # the driver's import path of this run (a later run may add folders)
             if missing:
                 sys.path.extend(missing)
                 importlib.invalidate_caches()
-            self.apps = {key: build_client_app(cfg)}  # one run at a time: the previous run's app is dropped
-        app, out = self.apps[key], []
+            self.apps = {key: (build_client_app(cfg), cohort_runner(cfg))}  # one run at a time: the previous run's is dropped
+        (app, cohort), out = self.apps[key], []
+        if cohort is not None and items and all(m.metadata.message_type == "train" for m, _ in items):
+            started = time.perf_counter()
+            replies = cohort(items)
+            share = (time.perf_counter() - started) / len(items)  # a cohort trains together: each client takes its share
+            return [(r, share) for r in replies]
         for message, context in items:
             started = time.perf_counter()
             out.append((deliver(app, message, context), time.perf_counter() - started))
@@ -139,10 +145,11 @@ def worker_pool(backend: Config, verbose: bool) -> WorkerPool:
 
 
 def release_pool() -> None:
-    """Kill the process's pool, freeing its Ray resources (before Flower's engine starts actors of its own)."""
+    """Shut down the process's Ray, and with it the pool, if fedsim started them (before Flower's engine starts
+    Ray and actors of its own: the pool would hold the CPUs they need)."""
     global _POOL
     if _POOL is not None and ray_module().is_initialized():
-        _POOL.close()
+        ray_module().shutdown()
     _POOL = None
 
 
@@ -154,6 +161,7 @@ class RayGrid(Grid):
         self._key = json.dumps(cfg, sort_keys=True, default=str)
         self._cfg = ray_module().put(cfg)
         self._paths = list(sys.path)
+        self._vectorize = bool(cfg["backend"].get("vectorize"))
         self._contexts = node_contexts(run, num_nodes)
 
     def set_run(self, run: Run) -> None:
@@ -184,7 +192,8 @@ class RayGrid(Grid):
         messages = list(messages)
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
-        size = 1 if timeout is not None else max(1, math.ceil(len(messages) / (CHUNKS_PER_ACTOR * len(self.pool.actors))))
+        per_actor = 1 if self._vectorize else CHUNKS_PER_ACTOR  # a vectorised chunk is one cohort per actor
+        size = 1 if timeout is not None else max(1, math.ceil(len(messages) / (per_actor * len(self.pool.actors))))
         queue = [(list(range(i, min(i + size, len(messages)))), 0) for i in range(0, len(messages), size)]
         replies: dict[int, Message] = {}
         idle = list(range(len(self.pool.actors)))
@@ -207,6 +216,8 @@ class RayGrid(Grid):
                         replies.update({i: died_twice(messages[i]) for i in chunk})
                 else:
                     replies.update({i: reply for i, (reply, seconds) in zip(chunk, results) if timeout is None or seconds <= timeout})
+                    for i in chunk:
+                        drop_hosted_state(messages[i])
                 idle.append(actor)
             if timeout is not None:
                 for ref, (actor, _, _, started) in list(running.items()):

@@ -91,6 +91,8 @@ def collect(
             got.reject(server_round, cid, problem)
             continue  # as for a failure: the client's hosted state stays as it was
         client_states[cid] = state
+        for key in state:  # the store holds it now (and may spill it): the reply's reference would keep it in memory
+            del reply.content[key]
         got.updates.append(ClientUpdate(cid, update, int(num_examples), {k: float(v) for k, v in metrics.items()}))
     return got
 

@@ -22,9 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.engine.client_app import build_client_app
+from fedsim.engine.client_app import build_client_app, client_side_for, partition_id
 from fedsim.engine.context import Components, Config, RunContext, build_components, check_fit
-from fedsim.engine.inline_grid import InlineGrid
+from fedsim.engine.inline_grid import Cohort, InlineGrid
 from fedsim.engine.loop import FederatedServer
 from fedsim.engine.ray_grid import RayGrid, release_pool, worker_pool
 from fedsim.results import RunRecorder
@@ -58,7 +58,7 @@ def simulate(
     recorder = RunRecorder(out_dir, trackers_for(cfg, out_dir))
     server = FederatedServer(ctx, parts, recorder, progress)
     if backend == "inline":  # the frozen context is shared; the client side builds its own components
-        run_inline(server, build_client_app(cfg, ctx), ctx.num_clients)
+        run_inline(server, build_client_app(cfg, ctx), ctx.num_clients, cohort_runner(cfg, ctx))
     elif cfg["backend"].get("transport", "actors") == "actors":  # every Ray actor builds its own context and components
         run_actors(server, cfg)
     else:
@@ -66,9 +66,18 @@ def simulate(
     return server.recorder.finish({"backend": backend, "wall_s": time.perf_counter() - started})
 
 
-def run_inline(server: FederatedServer, client_app: Any, num_clients: int) -> None:
+def run_inline(server: FederatedServer, client_app: Any, num_clients: int, cohort: Cohort | None = None) -> None:
     """Drive the rounds through an in-process Grid."""
-    server.run(InlineGrid(client_app, num_clients, server_run()))
+    server.run(InlineGrid(client_app, num_clients, server_run(), cohort))
+
+
+def cohort_runner(cfg: Config, ctx: RunContext | None = None) -> Cohort | None:
+    """With ``backend.vectorize``: a round's train messages run as vectorised cohorts (None: one by one)."""
+    if not cfg["backend"].get("vectorize"):
+        return None
+    from fedsim.engine.cohort import run_cohort
+
+    return lambda items: run_cohort(client_side_for(cfg, ctx), [(m, partition_id(c)) for m, c in items])
 
 
 def run_actors(server: FederatedServer, cfg: Config) -> None:
