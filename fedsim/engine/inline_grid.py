@@ -22,15 +22,12 @@ from fedsim.state import state_entries
 
 
 
-class InlineGrid(Grid):
-    """A Grid whose nodes are ``num_nodes`` ClientApp instances called in this process."""
+class SimulatedGrid(Grid):
+    """What every simulated Grid shares: ``num_nodes`` nodes (node ``1001 + i`` plays partition ``i``) of one run."""
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run: Run, cohort: Cohort | None = None) -> None:
-        self._client_app = client_app
+    def __init__(self, num_nodes: int, run: Run) -> None:
         self._run = run
         self._contexts = node_contexts(run, num_nodes)
-        self._cohort = cohort  # runs a round's train messages together (backend.vectorize)
-        self._replies: dict[str, tuple[Message, float]] = {}  # message id -> (reply, seconds the client took)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -46,6 +43,16 @@ class InlineGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self._contexts)
+
+
+class InlineGrid(SimulatedGrid):
+    """A Grid whose nodes are ``num_nodes`` ClientApp instances called in this process."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run: Run, cohort: Cohort | None = None) -> None:
+        super().__init__(num_nodes, run)
+        self._client_app = client_app
+        self._cohort = cohort  # runs a round's train messages together (backend.vectorize)
+        self._replies: dict[str, tuple[Message, float]] = {}  # message id -> (reply, seconds the client took)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)

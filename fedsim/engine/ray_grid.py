@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
-from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from fedsim.engine.inline_grid import deliver, drop_hosted_state, node_contexts
+from fedsim.engine.inline_grid import SimulatedGrid, deliver, drop_hosted_state
 
 log = logging.getLogger("fedsim")
 
@@ -153,31 +152,16 @@ def release_pool() -> None:
     _POOL = None
 
 
-class RayGrid(Grid):
+class RayGrid(SimulatedGrid):
     """A Grid of ``num_nodes`` nodes whose messages run on a :class:`WorkerPool`."""
 
     def __init__(self, pool: WorkerPool, cfg: Config, num_nodes: int, run: Run) -> None:
-        self.pool, self._run = pool, run
+        super().__init__(num_nodes, run)
+        self.pool = pool
         self._key = json.dumps(cfg, sort_keys=True, default=str)
         self._cfg = ray_module().put(cfg)
         self._paths = list(sys.path)
         self._vectorize = bool(cfg["backend"].get("vectorize"))
-        self._contexts = node_contexts(run, num_nodes)
-
-    def set_run(self, run: Run) -> None:
-        self._run = run
-
-    @property
-    def run(self) -> Run:
-        return self._run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, ttl=ttl, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self._contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         raise NotImplementedError("RayGrid delivers through send_and_receive only")
