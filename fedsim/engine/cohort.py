@@ -80,11 +80,12 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining]) -> lis
 
     step_fn = vmap(grad_and_value(loss))
     params = {n: torch.stack([s[n] for s in starts]) for n in names}
+    device = next(iter(params.values())).device
     state: Params = {}
     optimizer = Optimizer(first.optimizer)
-    losses = torch.zeros(len(tasks))
+    losses = torch.zeros(len(tasks), device=device)
     for t in range(max(steps)):
-        active = torch.tensor([t < n for n in steps])
+        active = torch.tensor([t < n for n in steps], device=device)
         x, y, weight = stack_step([b[t] if t < len(b) else None for b in batches], width, tasks[0])
         grads, step_loss = step_fn(params, x, y, weight)
         if first.optimizer.grad_clip is not None:
@@ -96,7 +97,7 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining]) -> lis
             else:
                 params = {n: masked(active, stepped[n], params[n]) for n in names}
                 state = {k: masked(active, v, state[k] if k in state else torch.zeros_like(v)) for k, v in new_state.items()}
-        losses += torch.where(active, step_loss.detach(), torch.zeros(()))
+        losses += torch.where(active, step_loss.detach(), torch.zeros((), device=device))
     return [TrainOutcome({n: params[n][i] for n in names}, {k: v[i] for k, v in state.items()},
                          float(losses[i]) / steps[i] if steps[i] else float("nan"), steps[i]) for i in range(len(tasks))]
 
