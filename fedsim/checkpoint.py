@@ -153,29 +153,30 @@ class CheckpointStore:
         clients = self.folder / "clients"
         clients.mkdir(parents=True, exist_ok=True)
         named = self.named_client_files()
+        written = set().union(*named.values())
         files = {}
         for cid, entries in checkpoint.client_states.items():
             files[cid] = f"{int(cid)}_v{checkpoint.round if versions is None else versions[cid]}.pt"
-            if versions is None or files[cid] not in named:
+            if versions is None or files[cid] not in written:
                 atomic_save(entries, clients / files[cid])
         path = self.folder / f"round_{checkpoint.round:06d}.pt"
         atomic_save({**vars(checkpoint), "client_states": files}, path)
         for old in self.paths()[self.keep :]:
             old.unlink()
-        named = self.named_client_files()
+        kept = set(files.values()).union(*(names for p, names in named.items() if p != path and p.exists()))
         for stale in clients.glob("*.pt"):
-            if stale.name not in named:
+            if stale.name not in kept:
                 stale.unlink()
         return path
 
-    def named_client_files(self) -> set[str]:
-        """The client-state files the kept round files name."""
-        named: set[str] = set()
+    def named_client_files(self) -> dict[Path, set[str]]:
+        """Each kept round file's client-state file names (an unreadable round file names none)."""
+        named: dict[Path, set[str]] = {}
         for kept in self.paths():
             try:
-                named.update(torch.load(kept, map_location="cpu", weights_only=True)["client_states"].values())
+                named[kept] = set(torch.load(kept, map_location="cpu", weights_only=True)["client_states"].values())
             except Exception:  # an unreadable round file names nothing worth keeping
-                continue
+                named[kept] = set()
         return named
 
     def load_latest(self, cfg: dict[str, Any]) -> Checkpoint | None:

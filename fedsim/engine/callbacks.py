@@ -8,7 +8,7 @@ the public :class:`~fedsim.privacy.ServerView`; the harness scores what they ret
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord
 from fedsim.checkpoint import Checkpoint, CheckpointStore
 from fedsim.engine.context import Components, RunContext
 from fedsim.engine.harness import Truth, score_models, score_privacy
+from fedsim.engine.state_store import ClientStateStore
 from fedsim.privacy import DataFacts, ServerView
 from fedsim.results import RunRecorder
 from fedsim.state import ClientState, Tensors, from_record
@@ -33,35 +34,19 @@ class RoundResult:
     start_state: Tensors  # the global state the round started from
     global_state: Tensors  # the new global state
     updates: list[ClientUpdate]  # accepted (after the server-side adversary), before screening
-    client_states: Mapping[int, dict[str, ArrayRecord]] = field(default_factory=dict)  # every hosted state, by client id
+    client_states: ClientStateStore  # every hosted state, by client id
     started: float = field(default_factory=time.perf_counter)  # perf_counter() when the round began
 
 
 @dataclass
-class HostedStates(Mapping[int, ClientState]):
-    """Every hosted client state as a :class:`ClientState`, made when asked for (a spilled one is read then)."""
+class StateView(Mapping[int, Any]):
+    """Every hosted client state, converted by ``convert`` when asked for (a spilled one is read then)."""
 
     entries: Mapping[int, dict[str, ArrayRecord]]
-    device: str
+    convert: Callable[[dict[str, ArrayRecord]], Any]
 
-    def __getitem__(self, client_id: int) -> ClientState:
-        return ClientState(self.entries[client_id], self.device)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.entries)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-
-@dataclass
-class TensorStates(Mapping[int, dict[str, Tensors]]):
-    """Every hosted client state as tensors, converted when asked for (what a checkpoint writes)."""
-
-    entries: Mapping[int, dict[str, ArrayRecord]]
-
-    def __getitem__(self, client_id: int) -> dict[str, Tensors]:
-        return {k: from_record(v) for k, v in self.entries[client_id].items()}
+    def __getitem__(self, client_id: int) -> Any:
+        return self.convert(self.entries[client_id])
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.entries)
@@ -84,7 +69,7 @@ class CentralEvaluation:
 
     def after_round(self, result: RoundResult, record: dict[str, Any]) -> None:
         device = str(self.ctx.device)
-        states = HostedStates(result.client_states, device)
+        states = StateView(result.client_states, lambda entries: ClientState(entries, device))
         record.update(score_models(self.ctx, self.parts.strategy, self.parts.attack, self.truth, result.global_state, states))
 
 
@@ -152,9 +137,9 @@ class Checkpointing:
                 round=result.round,
                 config=self.config,
                 global_state=result.global_state,
-                client_states=TensorStates(states),
+                client_states=StateView(states, lambda entries: {k: from_record(v) for k, v in entries.items()}),
                 components={kind: c.state_dict() for kind, c in self.parts.by_kind().items()},
                 records=list(self.recorder.records),
             ),
-            versions=getattr(states, "versions", None),
+            versions=states.versions,
         )

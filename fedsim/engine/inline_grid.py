@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -56,26 +56,11 @@ class InlineGrid(SimulatedGrid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
-        if self._cohort is not None and messages and all(m.metadata.message_type == "train" for m in messages):
-            return self._push_cohort(messages)
-        ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
-            started = time.perf_counter()
-            reply = self._deliver(message)
-            self._replies[message.metadata.message_id] = (reply, time.perf_counter() - started)
-            drop_hosted_state(message)
-            ids.append(message.metadata.message_id)
-        return ids
-
-    def _push_cohort(self, messages: list[Message]) -> list[str]:
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = str(uuid4())
-        started = time.perf_counter()
-        replies = self._cohort([(m, self._contexts[m.metadata.dst_node_id]) for m in messages])
-        seconds = (time.perf_counter() - started) / len(messages)  # a cohort trains together: each client takes its share
-        for message, reply in zip(messages, replies):
-            self._replies[message.metadata.message_id] = (reply, seconds)
+        items = [(m, self._contexts[m.metadata.dst_node_id]) for m in messages]
+        for message, timed in zip(messages, timed_replies(self._client_app, self._cohort, items)):
+            self._replies[message.metadata.message_id] = timed
             drop_hosted_state(message)
         return [m.metadata.message_id for m in messages]
 
@@ -94,11 +79,24 @@ class InlineGrid(SimulatedGrid):
             del self._replies[i]
         return self.pull_messages(ids)
 
-    def _deliver(self, message: Message) -> Message:
-        return deliver(self._client_app, message, self._contexts[message.metadata.dst_node_id])
 
 
 Cohort = Callable[[list[tuple[Message, Context]]], list[Message]]  # replies to (message, node context) pairs, in order
+
+
+def timed_replies(client_app: ClientApp, cohort: Cohort | None, items: list[tuple[Message, Context]]) -> Iterator[tuple[Message, float]]:
+    """(reply, seconds the client took) for each ``(message, context)``, in order: a chunk of train messages as one
+    vectorised cohort when ``cohort`` is set (each client takes its share of the time), else one by one."""
+    if cohort is not None and items and all(m.metadata.message_type == "train" for m, _ in items):
+        started = time.perf_counter()
+        replies = cohort(items)
+        share = (time.perf_counter() - started) / len(items)
+        yield from ((r, share) for r in replies)
+        return
+    for message, context in items:
+        started = time.perf_counter()
+        reply = deliver(client_app, message, context)
+        yield reply, time.perf_counter() - started
 
 
 def drop_hosted_state(message: Message) -> None:

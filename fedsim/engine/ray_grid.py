@@ -30,7 +30,7 @@ from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 from flwr.supercore.run import Run
 
-from fedsim.engine.inline_grid import SimulatedGrid, deliver, drop_hosted_state
+from fedsim.engine.inline_grid import SimulatedGrid, drop_hosted_state, timed_replies
 
 log = logging.getLogger("fedsim")
 
@@ -60,16 +60,7 @@ class ClientWorker:
                 sys.path.extend(missing)
                 importlib.invalidate_caches()
             self.apps = {key: (build_client_app(cfg), cohort_runner(cfg))}  # one run at a time: the previous run's is dropped
-        (app, cohort), out = self.apps[key], []
-        if cohort is not None and items and all(m.metadata.message_type == "train" for m, _ in items):
-            started = time.perf_counter()
-            replies = cohort(items)
-            share = (time.perf_counter() - started) / len(items)  # a cohort trains together: each client takes its share
-            return [(r, share) for r in replies]
-        for message, context in items:
-            started = time.perf_counter()
-            out.append((deliver(app, message, context), time.perf_counter() - started))
-        return out
+        return list(timed_replies(*self.apps[key], items))
 
 
 @dataclass(frozen=True)

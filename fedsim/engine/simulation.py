@@ -31,7 +31,6 @@ from fedsim.results import RunRecorder
 from fedsim.trackers import trackers_for
 
 BACKENDS = ("inline", "ray")
-TRANSPORTS = ("actors", "flower")
 
 
 def simulate(
