@@ -9,17 +9,9 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
+from fedsim.wire import from_record as from_record, numpy_of as numpy_of, to_record  # re-exported: the state's wire format
+
 Tensors = dict[str, torch.Tensor]
-
-
-def to_record(tensors: Tensors) -> ArrayRecord:
-    """Tensors -> a Flower ArrayRecord (copied to CPU)."""
-    return ArrayRecord(torch_state_dict={k: v.detach().cpu() for k, v in tensors.items()})
-
-
-def from_record(record: ArrayRecord, device: str = "cpu") -> Tensors:
-    """A Flower ArrayRecord -> tensors on ``device``."""
-    return {k: v.to(device) for k, v in record.to_torch_state_dict().items()}
 
 
 def record_nbytes(record: ArrayRecord) -> int:

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord
 
 from fedsim.codec import Codec
 from fedsim.params import check_range
-from fedsim.state import ClientState, Tensors, to_record
+from fedsim.state import ClientState, Tensors, numpy_of, to_record
 from fedsim.training import OptimizerConfig, clip_by_norm
 
 INDICES, VALUES, SHAPE = ".__indices__", ".__values__", ".__shape__"
@@ -126,12 +126,12 @@ class DeepGradientCompression(Codec):
         return to_record(wire)
 
     def decode(self, record: ArrayRecord, global_state: Tensors, lr: float, optimizer: OptimizerConfig) -> Tensors:
-        arrays = {k: a.numpy() for k, a in record.items()}
+        arrays = {k: numpy_of(a) for k, a in record.items()}
         decoded: Tensors = {}
         for key, array in arrays.items():
             if key.endswith(VALUES):
                 name = key[: -len(VALUES)]
                 decoded[name] = decode_sparse(arrays, name)
             elif not key.endswith((INDICES, SHAPE)):
-                decoded[key] = torch.from_numpy(array.copy())
+                decoded[key] = torch.from_numpy(array)
         return decoded

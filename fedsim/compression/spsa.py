@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord
 from fedsim.codec import Codec
 from fedsim.params import check_range, check_that
 from fedsim.seeding import derive_seed
-from fedsim.state import ClientState, Tensors, to_record
+from fedsim.state import ClientState, Tensors, numpy_of, to_record
 from fedsim.training import Batch, GradientFn, LossFn, Optimizer, OptimizerConfig, Params, clip_by_norm
 
 SEED_PURPOSE = "spsa-perturbation"
@@ -164,8 +164,8 @@ class OneByteSPSA(Codec):
 
     def rebuild(self, record: ArrayRecord, global_state: Tensors, lr: float, optimizer: OptimizerConfig) -> Tensors:
         """The client's model after its steps, replayed from ``global_state``, the seeds and the bytes."""
-        header = SpsaHeader.unpack(record["header"].numpy())
-        codes = record["codes"].numpy()
+        header = SpsaHeader.unpack(numpy_of(record["header"]))
+        codes = numpy_of(record["codes"])
         if codes.dtype != np.int8 or codes.shape != (header.steps,):
             raise ValueError(f"SPSA codes must be {header.steps} int8 bytes, got {codes.shape} {codes.dtype}")
         params = {name: tensor.detach().clone() for name, tensor in global_state.items()}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim.state import record_nbytes, to_record
+from fedsim.state import from_record, record_nbytes, to_record
 
 Entries = dict[str, ArrayRecord]  # one client's state entries (``state.<key>`` -> its tensors)
 Layout = list[tuple[str, list[tuple[str, str, tuple[int, ...]]]]]  # entry -> [(tensor, numpy dtype, shape)]
@@ -114,7 +114,7 @@ class ClientStateStore(MutableMapping[int, Entries]):
         folder.mkdir(parents=True, exist_ok=True)
         layout: Layout = []
         for i, (key, record) in enumerate(entries.items()):
-            tensors = record.to_torch_state_dict()
+            tensors = from_record(record)
             for j, t in enumerate(tensors.values()):
                 np.ascontiguousarray(t.numpy()).tofile(folder / f"{i}_{j}.bin")
             layout.append((key, [(name, t.numpy().dtype.str, tuple(t.shape)) for name, t in tensors.items()]))

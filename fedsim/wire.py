@@ -1,0 +1,76 @@
+"""Flower's array wire format without numpy's generic file machinery.
+
+A Flower ``Array`` of stype ``numpy.ndarray`` is an ``.npy`` file: a header (dtype, order,
+shape) and the raw bytes. ``np.save``/``np.load`` rebuild and re-parse that header with
+``ast.literal_eval`` for every array, which costs more than the training step of a small
+model (about 0.1 ms per 4-tensor record each way). Here a header is written once per
+(dtype, shape) and parsed once per distinct header bytes (both cached), and the payload is
+read with ``np.frombuffer``. The bytes written are the ones ``np.save`` writes for a
+C-contiguous array, and every array whose layout is anything but the plain case (another
+header version, an object dtype, a length that does not match) goes through Flower's own
+``Array.numpy()``, so a hostile reply is read exactly as Flower reads it, never trusted more.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+from flwr.common.constant import SType
+
+MAGIC_1_0 = b"\x93NUMPY\x01\x00"  # .npy version 1.0: a 2-byte little-endian header length follows
+PREFIX = len(MAGIC_1_0) + 2
+
+
+@lru_cache(maxsize=1024)
+def npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """The .npy 1.0 header ``np.save`` writes for a C-contiguous array of this dtype descr and shape."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
+    return out.getvalue()
+
+
+@lru_cache(maxsize=1024)
+def parsed_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of an .npy 1.0 header (magic included), by numpy's own safe parser."""
+    out = io.BytesIO(header)
+    np.lib.format.read_magic(out)
+    return np.lib.format.read_array_header_1_0(out)
+
+
+def array_of(values: np.ndarray) -> Array:
+    """A Flower ``Array`` holding ``values``, byte for byte what ``Array(values)`` holds for a C-contiguous array."""
+    values = values if values.flags.c_contiguous else np.ascontiguousarray(values)  # (a 0-d array stays 0-d)
+    if values.dtype.hasobject:
+        return Array(values)  # Flower refuses it, as it should
+    data = npy_header(np.lib.format.dtype_to_descr(values.dtype), tuple(values.shape)) + values.tobytes()
+    return Array(dtype=str(values.dtype), shape=tuple(values.shape), stype=SType.NUMPY, data=data)
+
+
+def numpy_of(array: Array) -> np.ndarray:
+    """The values of a Flower ``Array``, as ``array.numpy()`` returns them (a writable array of its own)."""
+    data = array.data
+    if array.stype == SType.NUMPY and isinstance(data, bytes) and data[: len(MAGIC_1_0)] == MAGIC_1_0 and len(data) >= PREFIX:
+        end = PREFIX + int.from_bytes(data[len(MAGIC_1_0) : PREFIX], "little")
+        try:
+            shape, fortran, dtype = parsed_header(data[:end])
+        except ValueError:
+            return array.numpy()  # a malformed header: Flower's reader raises its own error
+        count = math.prod(shape)
+        if not dtype.hasobject and len(data) - end == count * dtype.itemsize:
+            return np.frombuffer(data, dtype, count, end).reshape(shape, order="F" if fortran else "C").copy()
+    return array.numpy()
+
+
+def to_record(tensors: dict[str, torch.Tensor]) -> ArrayRecord:
+    """Tensors -> a Flower ArrayRecord (copied to CPU)."""
+    return ArrayRecord(array_dict={k: array_of(v.detach().cpu().numpy()) for k, v in tensors.items()}, keep_input=True)
+
+
+def from_record(record: ArrayRecord, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A Flower ArrayRecord -> tensors on ``device``."""
+    return {k: torch.from_numpy(numpy_of(a)).to(device) for k, a in record.items()}
