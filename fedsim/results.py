@@ -1,4 +1,4 @@
-"""Results on disk: rounds.jsonl, summary.json (with the task metrics) and curves.png."""
+"""Results on disk: rounds.jsonl, summary.json (with the task metrics) and curves.svg."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class RunRecorder:
             tracker.log_round(record)
 
     def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
-        """Write summary.json and the curves PNG; return the summary."""
+        """Write summary.json and the curves SVG; return the summary."""
         last = self.records[-1] if self.records else {}
         summary = {
             "rounds": len(self.records),
@@ -75,7 +75,7 @@ class RunRecorder:
         }
         (self.out_dir / "summary.json").write_text(to_json(summary, indent=2))
         if self.records:
-            plot_curves(self.records, self.out_dir / "curves.png")
+            plot_curves(self.records, self.out_dir / "curves.svg")
         for tracker in self.trackers:
             tracker.finish(summary)
         return summary

@@ -24,7 +24,7 @@ def test_inline_run_writes_results_and_learns(run_sim):
     assert rounds[-1]["test_acc"] > 0.8  # digits MLP, 3 rounds of FedAvg
     assert rounds[-1]["test_loss"] < rounds[0]["test_loss"]
     assert json.loads((out / "summary.json").read_text())["final_test_acc"] == rounds[-1]["test_acc"]
-    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "curves.svg").stat().st_size > 1000
     # dense float32 deltas of the MLP (64*200 + 200 + 200*10 + 10 parameters) from 5 clients
     assert rounds[0]["bytes_up"] == 5 * 4 * (64 * 200 + 200 + 200 * 10 + 10)
 

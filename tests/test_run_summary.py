@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -39,7 +40,9 @@ def test_an_attacked_private_compressed_run_summarises_its_own_metrics(tmp_path,
     for phrase in ("attack_success_rate", "source_recall", "detection P", "PSNR", "uplink compressed"):
         assert phrase in line, line
     assert [title for title, _, _ in panels(rounds)] == ["Test accuracy", "Loss", "Attack", "Detection (malicious)", "Privacy attack"]
-    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = ElementTree.parse(tmp_path / "run" / "curves.svg").getroot()  # well-formed, one titled panel per family
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert all(title in texts for title, _, _ in panels(rounds)) and len(list(svg.iter("{http://www.w3.org/2000/svg}polyline"))) >= 5
 
 
 def test_a_plain_run_carries_no_task_metrics(tmp_path, monkeypatch) -> None:
