@@ -25,7 +25,7 @@ from flwr.clientapp import ClientApp
 from fedsim.engine.context import Components, Config, RunContext, build_components
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState, from_record, state_entries
-from fedsim.strategy import LocalResult, LocalTask, model_holding
+from fedsim.strategy import LocalResult, LocalTask
 from fedsim.training import OptimizerConfig
 
 
@@ -91,7 +91,7 @@ def prepare(side: ClientSide, message: Message, client_id: int) -> Prepared:
     task = LocalTask(
         round=server_round,
         client_id=client_id,
-        model=model_holding(payload, ctx.new_model),
+        model=ctx.new_model.holding(payload),
         global_state=payload,
         x=x,
         y=y,
@@ -115,6 +115,7 @@ def reply(side: ClientSide, prepared: Prepared, result: LocalResult) -> Message:
     encoded: ArrayRecord = prepared.parts.codec.encode(update, task.client_state, task.round)
     metrics = {"num_examples": result.num_examples, **result.metrics}
     content = RecordDict({"update": encoded, "metrics": MetricRecord(metrics), **task.client_state.entries()})
+    ctx.new_model.release(task.model)  # the reply holds its own bytes: nothing refers to the model any more
     return Message(content, reply_to=prepared.message)
 
 

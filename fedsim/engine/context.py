@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,16 +45,66 @@ def resolve_device(name: str) -> torch.device:
 
 class ModelFactory:
     """Fresh models in the run's initial state: built once per process (Hydra instantiation and
-    seeded initialisation cost a few ms), then copied; every call returns an independent module."""
+    seeded initialisation cost a few ms), then copied; every call returns an independent module.
+
+    :meth:`holding` also lends models from a small pool (a deep copy costs more than a small model's
+    training step): a lent model is reset in place to the initial state plus the given tensors, and
+    :meth:`release` takes it back only if it still has the template's structure (submodules, attribute
+    names, hooks, tensor names, shapes and dtypes), so nothing a strategy did to it carries over."""
+
+    POOL_SIZE = 8
 
     def __init__(self, node: Config, input_shape: tuple[int, ...], num_classes: int, seed: int, device: torch.device) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, "model-init"))
             model = instantiate(node, input_shape=input_shape, num_classes=num_classes)
         self._template = model.to(device)
+        self._initial = {**dict(self._template.named_parameters()), **dict(self._template.named_buffers())}
+        self._shape = structure(self._template)
+        self._pool: list[nn.Module] = []
+        self._lock = threading.Lock()
 
     def __call__(self) -> nn.Module:
         return copy.deepcopy(self._template)
+
+    def holding(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A model in the initial state with ``state`` loaded over it (non-strict, as ``load_state_dict(strict=False)``):
+        a pooled one reset in place when one is free, else a fresh copy. Hand it back with :meth:`release`."""
+        with self._lock:
+            model = self._pool.pop() if self._pool else None
+        if model is None:
+            model = self()
+            model.load_state_dict(state, strict=False)
+            return model
+        named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        if any(k in named and tuple(v.shape) != tuple(named[k].shape) for k, v in state.items()):
+            model.load_state_dict(state, strict=False)  # raises load_state_dict's own error
+        with torch.no_grad():
+            for name, tensor in named.items():
+                tensor.copy_(state.get(name, self._initial[name]))
+        for name, p in model.named_parameters():
+            p.requires_grad_(self._initial[name].requires_grad)
+            p.grad = None
+        for module, template in zip(model.modules(), self._template.modules()):
+            module.training = template.training
+        return model
+
+    def release(self, model: nn.Module) -> None:
+        """Take back a model :meth:`holding` lent, for the next call (dropped if its structure changed)."""
+        if structure(model) == self._shape:
+            with self._lock:
+                if len(self._pool) < self.POOL_SIZE:
+                    self._pool.append(model)
+
+
+def structure(model: nn.Module) -> tuple:
+    """What must be unchanged for a model to be reused: per submodule its name, class, attribute names,
+    hook counts and its own parameters and buffers (name, shape, dtype; None entries left out)."""
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+             "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+    return tuple((name, type(m), tuple(vars(m)), tuple(len(getattr(m, h, ())) for h in hooks),
+                  tuple((k, v.shape, v.dtype) for k, v in [*m._parameters.items(), *m._buffers.items()] if v is not None))
+                 for name, m in model.named_modules())
 
 
 @dataclass(frozen=True)
