@@ -2,7 +2,7 @@
 
 Every client's parameters are stacked along a new first dimension and each step runs the model once
 for all of them on their stacked mini-batches (the same shuffles as the per-client path, drawn from the
-same generators). A mini-batch shorter than the longest is padded and its padding weighted zero, so each
+same generators). A mini-batch shorter than the step's longest is padded and its padding weighted zero, so each
 client's loss is still the mean over its own examples; a client with fewer steps is masked (its
 parameters and optimizer state stay as they are), never given extra updates. What follows training
 (the delta, update poisoning, the codec, the reply) is the per-client path's.
@@ -70,7 +70,6 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining]) -> lis
     fixed = {n: p.detach() for n, p in model.named_parameters() if n not in names}
     batches = [list(task.batches()) for task in tasks]
     steps = [len(b) for b in batches]
-    width = max(len(y) for b in batches for _, y in b)
     loss_terms = first.loss_terms  # client-independent (``vectorizable``): one set serves the cohort
 
     def loss(params: Params, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -86,7 +85,9 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining]) -> lis
     losses = torch.zeros(len(tasks), device=device)
     for t in range(max(steps)):
         active = torch.tensor([t < n for n in steps], device=device)
-        x, y, weight = stack_step([b[t] if t < len(b) else None for b in batches], width, tasks[0])
+        step_batches = [b[t] if t < len(b) else None for b in batches]
+        width = max(len(batch[1]) for batch in step_batches if batch is not None)  # this step's longest batch
+        x, y, weight = stack_step(step_batches, width, tasks[0])
         grads, step_loss = step_fn(params, x, y, weight)
         if first.optimizer.grad_clip is not None:
             grads = clip_each(grads, first.optimizer.grad_clip)
