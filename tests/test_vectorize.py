@@ -85,3 +85,15 @@ def test_vectorize_with_a_client_timeout_is_one_line():
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("fedsim: error: backend.vectorize=True: ")
+
+
+def test_a_cohort_trained_in_cache_sized_slices_matches_the_sequential_run(tmp_path, monkeypatch):
+    common = ("dataset=digits", "num_clients=12", "clients_per_round=12", "rounds=2", "checkpoint_every=2", "backend=inline")
+    env = Run(make_config(*common))
+    per_client = sum(p.numel() * p.element_size() for p in env.new_model().parameters())
+    monkeypatch.setattr("fedsim.engine.cohort.CPU_SLICE_BYTES", 5 * per_client)  # slices of 5, 5 and 2 clients
+    states = {}
+    for name, extra in {"sequential": [], "sliced": ["backend.vectorize=true"]}.items():
+        simulate(make_config(*common, *extra), tmp_path / name, progress=False)
+        states[name] = read_checkpoint(tmp_path / name / "checkpoints" / "round_000002.pt").global_state
+    assert max((states["sliced"][k] - states["sequential"][k]).abs().max().item() for k in states["sequential"]) < 1e-5

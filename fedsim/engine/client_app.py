@@ -74,14 +74,20 @@ class Prepared:
     message: Message
 
 
-def prepare(side: ClientSide, message: Message, client_id: int) -> Prepared:
-    """The client's data (poisoned if it is malicious), state and task for this message."""
+def prepare(side: ClientSide, message: Message, client_id: int, like: Prepared | None = None) -> Prepared:
+    """The client's data (poisoned if it is malicious), state and task for this message.
+
+    ``like``: another client of the same vectorised chunk, whose model this task shares (else the run's
+    model factory lends one, loaded with the payload), and whose decoded payload too when this message
+    carries the very same arrays record."""
     ctx, parts = side.context, side.fresh()
     cfg, device = ctx.cfg, str(ctx.device)
     torch.set_num_threads(int(cfg["backend"]["client_threads"]))
     round_config = dict(message.content["config"])
     server_round = int(round_config.pop("round"))
-    payload = from_record(message.content["arrays"], device)
+    arrays = message.content["arrays"]
+    same = like is not None and like.message.content["arrays"] is arrays
+    payload = like.task.global_state if same else from_record(arrays, device)
     extra = from_record(message.content["extra"], device) if "extra" in message.content else {}
     attack = parts.attack.for_client(client_id, ctx.num_clients, ctx.seed)
 
@@ -91,7 +97,7 @@ def prepare(side: ClientSide, message: Message, client_id: int) -> Prepared:
     task = LocalTask(
         round=server_round,
         client_id=client_id,
-        model=ctx.new_model.holding(payload),
+        model=ctx.new_model.holding(payload) if like is None else like.task.model,
         global_state=payload,
         x=x,
         y=y,

@@ -10,7 +10,8 @@ parameters and optimizer state stay as they are), never given extra updates. Wha
 Eligible: a strategy whose ``vectorizable`` is true (FedAvg and subclasses adding client-independent loss
 terms: FedProx, FedAvgM, FedAdam), SGD (momentum, dampening, Nesterov, weight decay, ``grad_clip``), the
 plain gradient (no codec estimator), a model without buffers, one payload for the whole chunk. Anything
-else runs the per-client path, with one log line saying why.
+else runs the per-client path, with one log line saying why. The chunk's tasks share the first client's
+model: the vectorised update is functional and never changes it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ _SAID: set[str] = set()  # fallback reasons already logged in this process
 
 def run_cohort(side: ClientSide, items: Sequence[tuple[Message, int]]) -> list[Message]:
     """Replies to ``(message, client id)`` pairs: trained as one vectorised loop when eligible, else one by one."""
-    prepared = [prepare(side, message, cid) for message, cid in items]
+    first = prepare(side, *items[0])
+    prepared = [first, *(prepare(side, message, cid, like=first) for message, cid in items[1:])]
     vectorizable = getattr(prepared[0].parts.strategy, "vectorizable", False)
     trainings = [p.parts.strategy.training_for(p.task) for p in prepared] if vectorizable else None
     problem = "the strategy's local update cannot be vectorised" if trainings is None else ineligible(prepared, trainings)
@@ -42,7 +44,8 @@ def run_cohort(side: ClientSide, items: Sequence[tuple[Message, int]]) -> list[M
             _SAID.add(problem)
             log.warning("backend.vectorize: %s; its clients run one by one", problem)
         return [run_local_round(side, message, cid) for message, cid in items]
-    outcomes = train_stacked([p.task for p in prepared], trainings)
+    tasks, size = [p.task for p in prepared], slice_size(prepared[0].task)
+    outcomes = [o for i in range(0, len(tasks), size) for o in train_stacked(tasks[i : i + size], trainings[i : i + size])]
     return [reply(side, p, p.parts.strategy.finish(p.task, outcome)) for p, outcome in zip(prepared, outcomes)]
 
 
@@ -57,9 +60,24 @@ def ineligible(prepared: list[Prepared], trainings: list[LocalTraining]) -> str 
         return f"optimizer.name={first.optimizer.name} (only sgd is vectorised)"
     if any(True for _ in task.model.buffers()):
         return f"{type(task.model).__name__} has buffers (BatchNorm statistics)"
-    if any(any(not torch.equal(p.task.global_state[k], v) for k, v in task.global_state.items()) for p in prepared[1:]):
+    if any(p.task.global_state is not task.global_state and any(not torch.equal(p.task.global_state[k], v) for k, v in task.global_state.items())
+           for p in prepared[1:]):
         return "the clients received different payloads"
     return None
+
+
+CPU_SLICE_BYTES = 16 * 2**20  # stacked parameters per vmap slice on a CPU: about half a server's L3 cache
+
+
+def slice_size(task: LocalTask) -> int:
+    """How many clients one vmap trains at once: on a CPU as many as keep the stacked parameters (and so
+    their gradients and steps) near the cache, where one stack of 100 clients would run at memory speed;
+    on a GPU all of them."""
+    trainable = task.trainable().values()
+    if task.x.device.type != "cpu":
+        return 2**31
+    per_client = sum(p.numel() * p.element_size() for p in trainable)
+    return max(1, CPU_SLICE_BYTES // max(1, per_client))
 
 
 def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining]) -> list[TrainOutcome]:

@@ -93,7 +93,7 @@ class ModelFactory:
         """Take back a model :meth:`holding` lent, for the next call (dropped if its structure changed)."""
         if structure(model) == self._shape:
             with self._lock:
-                if len(self._pool) < self.POOL_SIZE:
+                if len(self._pool) < self.POOL_SIZE and not any(held is model for held in self._pool):
                     self._pool.append(model)
 
 
