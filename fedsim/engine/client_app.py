@@ -56,12 +56,18 @@ class ClientSide:
 _CLIENT_SIDES: dict[str, ClientSide] = {}
 
 
-def client_side_for(cfg: Config, context: RunContext | None = None) -> ClientSide:
-    key = json.dumps(cfg, sort_keys=True, default=str)
+def client_side_for(cfg: Config, context: RunContext | None = None, key: str | None = None) -> ClientSide:
+    """The process's ClientSide for ``cfg`` (built on first use); ``key``: ``cfg``'s :func:`config_key`, if known."""
+    key = key or config_key(cfg)
     if key not in _CLIENT_SIDES:
         _CLIENT_SIDES.clear()
         _CLIENT_SIDES[key] = ClientSide.build(cfg, context)
     return _CLIENT_SIDES[key]
+
+
+def config_key(cfg: Config) -> str:
+    """The identity of a run's config (its canonical JSON: a fraction of a millisecond, so computed once per app)."""
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 @dataclass
@@ -136,15 +142,15 @@ def build_client_app(cfg: Config, context: RunContext | None = None) -> ClientAp
 
     ``context``: the run context to share (in-process backends); a Ray actor builds its own.
     """
-    app = ClientApp()
+    app, key = ClientApp(), config_key(cfg)
 
     @app.query()
     def identify(message: Message, context_: Context) -> Message:
-        client_side_for(cfg, context)  # warm up: the worker loads data and builds components before round 1's clock
+        client_side_for(cfg, context, key)  # warm up: the worker loads data and builds components before round 1's clock
         return Message(RecordDict({"identity": ConfigRecord({"partition_id": partition_id(context_)})}), reply_to=message)
 
     @app.train()
     def train(message: Message, context_: Context) -> Message:
-        return run_local_round(client_side_for(cfg, context), message, partition_id(context_))
+        return run_local_round(client_side_for(cfg, context, key), message, partition_id(context_))
 
     return app

@@ -6,23 +6,23 @@ Ray itself outlive a run: the next run of the same process (the jobs of a Hydra 
 them and only pays for building its own ClientApp. The ServerApp/ClientApp/Message contract is
 Flower's; only the delivery differs (``backend.transport=flower`` runs Flower's simulation engine).
 
-Faults: an actor whose worker dies is replaced and its messages run once more (client work is a
-pure function of the message); a second death is an error reply, so the client loses only that
-round. ``client_timeout_s``: each message then runs alone, and an actor still busy past its
+Faults: an actor whose worker dies is replaced and its messages run once more, each alone (client
+work is a pure function of the message); a second death is an error reply, so only the client that
+kills its worker loses that round. ``client_timeout_s``: each message then runs alone, and an actor still busy past its
 client's deadline is killed and replaced, so a straggler never delays the next round.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
-import math
 import os
+import pickle
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -30,12 +30,15 @@ from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 from flwr.supercore.run import Run
 
+from fedsim.engine.bulk_pickle import BulkWriter, bulk_folder, remove_leftovers
+from fedsim.engine.client_app import config_key
 from fedsim.engine.inline_grid import SimulatedGrid, drop_hosted_state, timed_replies
 
 log = logging.getLogger("fedsim")
 
 Config = dict[str, Any]
-CHUNKS_PER_ACTOR = 4  # without a timeout, a round's messages go out in about this many chunks per actor
+CHUNKS_PER_ACTOR = 4  # without a timeout, a round's messages go out in at most this many chunks per actor...
+MIN_CHUNK_S = 0.05  # ...each taking about this long at least: a Ray call costs milliseconds of every core
 
 
 def ray_module() -> Any:
@@ -44,13 +47,28 @@ def ray_module() -> Any:
     return ray
 
 
+Items = list[tuple[Message, Context]]
+Timed = list[tuple[Message, float]]
+
+
 class ClientWorker:
-    """A Ray actor: runs chunks of messages through the ClientApp of the run they belong to."""
+    """A Ray actor: runs chunks of messages through the ClientApp of the run they belong to.
+
+    ``items``: the chunk, or its :class:`~fedsim.engine.bulk_pickle.BulkWriter` pickle when ``bulk`` names the
+    (folder, prefix) of this machine's shared-memory files; the replies then come back the same way, as
+    (pickle, its file or None)."""
 
     def __init__(self) -> None:
         self.apps: dict[str, Any] = {}
 
-    def run(self, key: str, cfg: Config, paths: list[str], items: list[tuple[Message, Context]]) -> list[tuple[Message, float]]:
+    def run(self, key: str, cfg: Config, paths: list[str], items: Items | bytes, bulk: tuple[str, str] | None = None) -> Timed | tuple[bytes, str | None]:
+        if bulk is None:
+            return self.replies(key, cfg, paths, items)  # type: ignore[arg-type]
+        writer = BulkWriter(Path(bulk[0]), bulk[1])
+        packed = writer.dumps(self.replies(key, cfg, paths, pickle.loads(items)))  # type: ignore[arg-type]
+        return packed, str(writer.path) if writer.used else None
+
+    def replies(self, key: str, cfg: Config, paths: list[str], items: Items) -> Timed:
         from fedsim.engine.client_app import build_client_app
         from fedsim.engine.simulation import cohort_runner
 
@@ -74,13 +92,16 @@ class PoolSpec:
 
 
 class WorkerPool:
-    """Long-lived :class:`ClientWorker` actors."""
+    """Long-lived :class:`ClientWorker` actors. On a local Ray (all actors on this machine) chunks and replies
+    carry their arrays through shared-memory files (:mod:`~fedsim.engine.bulk_pickle`), ``bulk``; on a
+    cluster, through Ray."""
 
     def __init__(self, spec: PoolSpec) -> None:
         ray = ray_module()
         self.spec = spec
         self.remote = ray.remote(num_cpus=spec.cpus, num_gpus=spec.gpus, max_restarts=0, max_task_retries=0)(ClientWorker)
         self.actors = [self.remote.remote() for _ in range(spec.size)]
+        self.bulk = None if spec.address else (str(bulk_folder()), f"fedsim-{os.getpid()}-{uuid4().hex[:8]}")
 
     def replace(self, index: int) -> None:
         """Kill actor ``index`` (dead, or busy past a deadline) and start a fresh one in its place."""
@@ -91,6 +112,8 @@ class WorkerPool:
         for actor in self.actors:
             ray_module().kill(actor, no_restart=True)
         self.actors = []
+        if self.bulk is not None:
+            remove_leftovers(Path(self.bulk[0]), self.bulk[1])
 
 
 _POOL: WorkerPool | None = None  # the process's pool, reused by every run asking for the same spec
@@ -149,10 +172,11 @@ class RayGrid(SimulatedGrid):
     def __init__(self, pool: WorkerPool, cfg: Config, num_nodes: int, run: Run) -> None:
         super().__init__(num_nodes, run)
         self.pool = pool
-        self._key = json.dumps(cfg, sort_keys=True, default=str)
-        self._cfg = ray_module().put(cfg)
+        self._key = config_key(cfg)
+        self._cfg = cfg  # small: inline in each call (a put object costs a store round trip per call)
         self._paths = list(sys.path)
         self._vectorize = bool(cfg["backend"].get("vectorize"))
+        self._message_s: float | None = None  # the mean seconds a message of the last round took on an actor
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         raise NotImplementedError("RayGrid delivers through send_and_receive only")
@@ -162,45 +186,97 @@ class RayGrid(SimulatedGrid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Run every message on the pool; returns the replies in message order, without the clients that took
-        longer than ``timeout`` seconds (measured from when their message started on an actor)."""
-        ray = ray_module()
+        longer than ``timeout`` seconds (measured from when their message started on an actor).
+
+        Without a timeout the messages go out in near-equal chunks, two queued on each actor so that none waits
+        for the driver between chunks: one cohort per actor when vectorised, else up to ``CHUNKS_PER_ACTOR``
+        per actor (for balance) as long as a chunk takes ``MIN_CHUNK_S`` by the last round's clients (one
+        per actor in round 1). With a timeout, each message alone, one at a time per actor, so its clock
+        starts when it starts."""
         messages = list(messages)
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
-        per_actor = 1 if self._vectorize else CHUNKS_PER_ACTOR  # a vectorised chunk is one cohort per actor
-        size = 1 if timeout is not None else max(1, math.ceil(len(messages) / (per_actor * len(self.pool.actors))))
-        queue = [(list(range(i, min(i + size, len(messages)))), 0) for i in range(0, len(messages), size)]
+        actors = len(self.pool.actors)
+        count = len(messages) if timeout is not None else min(len(messages), actors * self.chunks_per_actor(len(messages)))
+        queue = [(list(chunk), 0) for chunk in even_chunks(len(messages), count)]
+        writer = BulkWriter(Path(self.pool.bulk[0]), self.pool.bulk[1]) if self.pool.bulk else None
+        try:
+            return self._deliver(messages, queue, 1 if timeout is not None else 2, timeout, writer)
+        finally:
+            if writer is not None:
+                writer.remove()
+
+    def chunks_per_actor(self, count: int) -> int:
+        if self._vectorize or self._message_s is None:
+            return 1
+        return max(1, min(CHUNKS_PER_ACTOR, int(self._message_s * count / (len(self.pool.actors) * MIN_CHUNK_S))))
+
+    def _deliver(self, messages: list[Message], queue: list[tuple[list[int], int]], depth: int, timeout: float | None,
+                 writer: BulkWriter | None) -> list[Message]:
+        ray = ray_module()
         replies: dict[int, Message] = {}
-        idle = list(range(len(self.pool.actors)))
+        took: list[float] = []  # seconds each finished message took on its actor
+        load = {actor: 0 for actor in range(len(self.pool.actors))}  # chunks queued or running on each actor
         running: dict[Any, tuple[int, list[int], int, float]] = {}  # ref -> (actor, message indices, attempt, start)
         while queue or running:
-            while idle and queue:
-                actor, (chunk, attempt) = idle.pop(), queue.pop(0)
+            for actor in [a for level in range(depth) for a in load if load[a] <= level]:  # spread first, then queue
+                if not queue:
+                    break
+                chunk, attempt = queue.pop(0)
                 items = [(messages[i], self._contexts[messages[i].metadata.dst_node_id]) for i in chunk]
-                running[self.pool.actors[actor].run.remote(self._key, self._cfg, self._paths, items)] = (actor, chunk, attempt, time.monotonic())
+                packed = items if writer is None else writer.dumps(items)
+                ref = self.pool.actors[actor].run.remote(self._key, self._cfg, self._paths, packed, self.pool.bulk)
+                running[ref], load[actor] = (actor, chunk, attempt, time.monotonic()), load[actor] + 1
             done, _ = ray.wait(list(running), num_returns=1, timeout=None if timeout is None else 0.05)
             for ref in done:
                 actor, chunk, attempt, _ = running.pop(ref)
+                load[actor] -= 1
                 try:
-                    results = ray.get(ref)
-                except ray.exceptions.RayActorError:  # the worker died: a fresh actor, the chunk once more
+                    results = unpack(ray.get(ref), writer is not None)
+                except ray.exceptions.RayActorError:  # the worker died: a fresh actor, its chunks once more
                     self.pool.replace(actor)
-                    if attempt == 0:
-                        queue.insert(0, (chunk, 1))
+                    for other, (owner, lost, tries, _) in list(running.items()):  # the chunk queued behind it died too
+                        if owner == actor:
+                            del running[other]
+                            queue.insert(0, (lost, tries))
+                    load[actor] = 0
+                    if attempt == 0:  # each of its messages alone: only the one that kills its worker again is lost
+                        queue[:0] = [([i], 1) for i in chunk]
                     else:
                         replies.update({i: died_twice(messages[i]) for i in chunk})
                 else:
                     replies.update({i: reply for i, (reply, seconds) in zip(chunk, results) if timeout is None or seconds <= timeout})
+                    took.extend(seconds for _, seconds in results)
                     for i in chunk:
                         drop_hosted_state(messages[i])
-                idle.append(actor)
             if timeout is not None:
                 for ref, (actor, _, _, started) in list(running.items()):
                     if time.monotonic() - started > timeout:  # its client is not heard; its actor is replaced
                         del running[ref]
                         self.pool.replace(actor)
-                        idle.append(actor)
+                        load[actor] = 0
+        if took:
+            self._message_s = sum(took) / len(took)
         return [replies[i] for i in sorted(replies)]
+
+
+def even_chunks(n: int, count: int) -> list[range]:
+    """``range(n)`` in ``count`` consecutive chunks whose sizes differ by at most one."""
+    size, extra = divmod(n, max(count, 1))
+    starts = [i * size + min(i, extra) for i in range(count + 1)]
+    return [range(starts[i], starts[i + 1]) for i in range(count) if starts[i + 1] > starts[i]]
+
+
+def unpack(result: Any, bulk: bool) -> Timed:
+    """An actor's replies, read back from its shared-memory pickle (whose file is then deleted) when ``bulk``."""
+    if not bulk:
+        return result
+    packed, path = result
+    try:
+        return pickle.loads(packed)
+    finally:
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
 
 
 def died_twice(message: Message) -> Message:

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.engine.client_app import build_client_app, client_side_for, partition_id
+from fedsim.engine.client_app import build_client_app, client_side_for, config_key, partition_id
 from fedsim.engine.context import Components, Config, RunContext, build_components, check_fit
 from fedsim.engine.inline_grid import Cohort, InlineGrid
 from fedsim.engine.loop import FederatedServer
@@ -76,7 +76,8 @@ def cohort_runner(cfg: Config, ctx: RunContext | None = None) -> Cohort | None:
         return None
     from fedsim.engine.cohort import run_cohort
 
-    return lambda items: run_cohort(client_side_for(cfg, ctx), [(m, partition_id(c)) for m, c in items])
+    key = config_key(cfg)
+    return lambda items: run_cohort(client_side_for(cfg, ctx, key), [(m, partition_id(c)) for m, c in items])
 
 
 def run_actors(server: FederatedServer, cfg: Config) -> None:
