@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -233,6 +233,30 @@ class Strategy(Component, ABC):
     @abstractmethod
     def local_update(self, task: LocalTask) -> LocalResult:
         """Train on the client's data; return the update to upload."""
+
+    # One-loop local updates, which a vectorised cohort (backend.vectorize) can run as one vmap.
+
+    @property
+    def vectorizable(self) -> bool:
+        """Whether this strategy's local update is exactly :meth:`one_loop_update`: one training loop
+        (:meth:`training_for` over :meth:`batches_for`), then :meth:`finish` of its outcome. Not by default."""
+        return False
+
+    def one_loop_update(self, task: LocalTask) -> LocalResult:
+        """The local update of a one-loop strategy."""
+        return self.finish(task, self.training_for(task).run(task.trainable(), self.batches_for(task)))
+
+    def training_for(self, task: LocalTask) -> LocalTraining:
+        """A one-loop strategy's training loop for ``task``."""
+        raise NotImplementedError(f"{type(self).__name__} is not a one-loop strategy")
+
+    def batches_for(self, task: LocalTask) -> Iterable[Batch]:
+        """The mini-batches a one-loop strategy trains on: the task's."""
+        return task.batches()
+
+    def finish(self, task: LocalTask, trained: TrainOutcome) -> LocalResult:
+        """A one-loop strategy's upload (and client-state changes) from its trained outcome."""
+        raise NotImplementedError(f"{type(self).__name__} is not a one-loop strategy")
 
     @abstractmethod
     def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], combine: Combine) -> Tensors:

@@ -198,16 +198,35 @@ def shuffled_batches(
             yield x[idx], y[idx]
 
 
-def sam_gradient(rho: float, alpha: float = 1.0) -> GradientFn:
+@dataclass(frozen=True)
+class SamGradient:
     """Sharpness-aware gradient (Foret et al., ICLR 2021): g1 at w, ascent e = rho·g1/||g1||,
-    g2 at w + e; returns the loss at w and (1 - alpha)·g1 + alpha·g2 (alpha = 1: plain SAM)."""
+    g2 at w + e; the loss at w and (1 - alpha)·g1 + alpha·g2 (alpha = 1: plain SAM). A value, not a
+    closure, so a vectorised cohort can run the same rule on stacked clients."""
 
-    def gradient(loss_fn: LossFn, params: Params, batch: Batch) -> tuple[float, Params]:
+    rho: float
+    alpha: float = 1.0
+
+    def __call__(self, loss_fn: LossFn, params: Params, batch: Batch) -> tuple[float, Params]:
         loss, plain = autograd_gradient(loss_fn, params, batch)
-        scale = rho / (float(global_norm(plain.values())) + 1e-7)
+        scale = self.rho / (float(global_norm(plain.values())) + 1e-7)
         _, perturbed = autograd_gradient(loss_fn, {n: p + plain[n] * scale for n, p in params.items()}, batch)
-        if alpha == 1.0:
+        if self.alpha == 1.0:
             return loss, perturbed
-        return loss, {n: (1 - alpha) * plain[n] + alpha * perturbed[n] for n in params}
+        return loss, {n: (1 - self.alpha) * plain[n] + self.alpha * perturbed[n] for n in params}
 
-    return gradient
+
+def sam_gradient(rho: float, alpha: float = 1.0) -> GradientFn:
+    """The :class:`SamGradient` estimator with these ``rho`` and ``alpha``."""
+    return SamGradient(rho, alpha)
+
+
+@dataclass(frozen=True)
+class GradOffset:
+    """A gradient hook adding fixed tensors to every step's gradient (FedDyn's and FedSpeed's correction
+    lamb·(h_i - w_t)); a value, so a vectorised cohort can stack the clients' offsets."""
+
+    offset: Params
+
+    def __call__(self, params: Params, grads: Params) -> Params:
+        return {n: g + self.offset[n] for n, g in grads.items()}

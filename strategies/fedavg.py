@@ -14,7 +14,7 @@ class FedAvg(Strategy):
     aggregator is configured) to the global model."""
 
     def local_update(self, task: LocalTask) -> LocalResult:
-        return self.finish(task, self.training_for(task).run(task.trainable(), task.batches()))
+        return self.one_loop_update(task)
 
     def training_for(self, task: LocalTask) -> LocalTraining:
         """The task's training loop with this strategy's contributions."""
@@ -30,10 +30,9 @@ class FedAvg(Strategy):
 
     @property
     def vectorizable(self) -> bool:
-        """Whether a cohort of its clients can train as one vectorised loop (``backend.vectorize``): the local
-        update is this one (FedAvg's, or a subclass adding only client-independent loss terms such as
-        FedProx's) with the plain gradient."""
-        return type(self).local_update is FedAvg.local_update and type(self).finish is FedAvg.finish and self.gradient() is None
+        """The local update is FedAvg's one loop (a subclass may add client-independent loss terms, as
+        FedProx, or a gradient estimator, as FedSAM; the cohort checks which it can stack)."""
+        return type(self).local_update is FedAvg.local_update and type(self).finish is FedAvg.finish
 
     def loss_terms(self, task: LocalTask) -> tuple[LossTerm, ...]:
         """Terms added to the local loss; subclasses add regularisers."""

@@ -8,7 +8,7 @@ from torch import nn
 from fedsim.params import check_choice, check_range, check_that
 from fedsim.state import Tensors
 from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, Strategy, uniform_mean
-from fedsim.training import GradientFn, Params
+from fedsim.training import GradientFn, GradOffset, LocalTraining, TrainOutcome
 
 
 class FedDyn(Strategy):
@@ -78,21 +78,24 @@ class FedDyn(Strategy):
         return None
 
     def local_update(self, task: LocalTask) -> LocalResult:
+        return self.one_loop_update(task)
+
+    @property
+    def vectorizable(self) -> bool:
+        return type(self).local_update is FedDyn.local_update
+
+    def training_for(self, task: LocalTask) -> LocalTraining:
         params = task.trainable()
-        anchor = {n: task.global_state[n] for n in params}
-        h = {n: task.extra.get(n, torch.zeros_like(p)) for n, p in params.items()}
         weight = self.correction_sign * self.lamb
-
-        def correction(_: Params, grads: Params) -> Params:
-            return {n: g + weight * (h[n] - anchor[n]) for n, g in grads.items()}
-
-        trained = self.fit(
-            task,
+        correction = GradOffset({n: weight * (task.extra.get(n, torch.zeros_like(p)) - task.global_state[n]) for n, p in params.items()})
+        return task.training(
             lr=task.lr * self.lr_decay ** (task.round - 1),
             optimizer=task.optimizer.replace(weight_decay=self.weight_decay + self.lamb, grad_clip=self.max_grad_norm),
             gradient=self.gradient(),
             grad_hooks=(correction,),
         )
+
+    def finish(self, task: LocalTask, trained: TrainOutcome) -> LocalResult:
         return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss})
 
     # Server side.

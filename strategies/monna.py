@@ -11,6 +11,7 @@ from fedsim.network import Network
 from fedsim.params import check_choice, check_range, check_that
 from fedsim.state import ClientState, Tensors, stack_flat, unflatten
 from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, ScoredModel, Strategy, model_holding
+from fedsim.training import Batch, LocalTraining, TrainOutcome
 
 MOMENTUM_KEY = "monna.momentum"
 RECEPTIONS = ("reference", "complete")
@@ -80,12 +81,24 @@ class MoNNA(Strategy):
     # Client side: one momentum step, upload the half-step model.
 
     def local_update(self, task: LocalTask) -> LocalResult:
+        return self.one_loop_update(task)
+
+    @property
+    def vectorizable(self) -> bool:
+        return type(self).local_update is MoNNA.local_update
+
+    def training_for(self, task: LocalTask) -> LocalTraining:
         momentum = task.client_state.get(MOMENTUM_KEY) or {}
-        trained = task.training(
+        return task.training(
             lr=self.step_size(task.lr, task.round),
             optimizer=task.optimizer.replace(momentum=self.beta, dampening=self.beta, nesterov=False, weight_decay=self.weight_decay),
             state={f"momentum.{k}": v for k, v in momentum.items()},
-        ).run(task.trainable(), [next(task.batches())])
+        )
+
+    def batches_for(self, task: LocalTask) -> list[Batch]:
+        return [next(task.batches())]
+
+    def finish(self, task: LocalTask, trained: TrainOutcome) -> LocalResult:
         task.client_state.put(MOMENTUM_KEY, {k.removeprefix("momentum."): v for k, v in trained.state.items()})
         return LocalResult({**task.global_state, **trained.params}, len(task.y), {"train_loss": trained.mean_loss})
 

@@ -19,39 +19,76 @@ from fedsim.seeding import torch_generator
 from fedsim.state import ClientState
 from fedsim.strategy import LocalTask
 from fedsim.training import OptimizerConfig
+from fedsim.strategies.monna import MOMENTUM_KEY
 
 SGD = OptimizerConfig(momentum=0.9, nesterov=True, weight_decay=1e-3, grad_clip=0.5)
 
 
-def tasks_of(env: Run, sizes: list[int]) -> list[LocalTask]:
-    """Clients holding ``sizes`` examples (unequal: their step counts differ), on one payload."""
+def tasks_of(env: Run, sizes: list[int], personal: bool = False) -> list[LocalTask]:
+    """Clients holding ``sizes`` examples (unequal: their step counts differ). Each has its own FedDyn
+    correction and momentum buffers in its state; ``personal``: and its own payload (MoNNA's node models)."""
     state = env.strategy.init_global(env.new_model())
     x, y = env.test_data()
     tasks, start = [], 0
     for cid, n in enumerate(sizes):
+        gen = torch.Generator().manual_seed(cid)
+        noise = {k: 0.01 * torch.randn(v.shape, generator=gen) for k, v in state.items()}
+        payload = {k: v + noise[k] for k, v in state.items()} if personal else state
         model = env.new_model()
-        model.load_state_dict(state)
-        tasks.append(LocalTask(1, cid, model, state, x[start : start + n], y[start : start + n], 0.05, 2, 8,
-                               torch_generator(0, "train", 1, cid), ClientState(RecordDict()), optimizer=SGD))
+        model.load_state_dict(payload)
+        client_state = ClientState(RecordDict())
+        client_state.put(MOMENTUM_KEY, {k: -v for k, v in noise.items()})
+        tasks.append(LocalTask(1, cid, model, payload, x[start : start + n], y[start : start + n], 0.05, 2, 8,
+                               torch_generator(0, "train", 1, cid), client_state, optimizer=SGD, extra=noise))
         start += n
     return tasks
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedsam", "feddyn", "fedspeed", "monna"])
 def test_vectorised_clients_get_the_sequential_updates_within_1e5(strategy):
-    env = Run(make_config("dataset=digits", f"strategy={strategy}", "model.hidden=[16]"))
-    sizes = [3, 8, 17, 30]  # 1, 1, 3 and 4 batches of 8 per epoch: padded batches and masked steps
-    sequential = [env.strategy.training_for(t).run(t.trainable(), t.batches()) for t in tasks_of(env, sizes)]
-    tasks = tasks_of(env, sizes)
-    stacked = train_stacked(tasks, [env.strategy.training_for(t) for t in tasks])
+    overrides = ["clients_per_round=4", "strategy.f=0"] if strategy == "monna" else []
+    env = Run(make_config("dataset=digits", f"strategy={strategy}", "model.hidden=[16]", *overrides))
+    sizes, personal = [3, 8, 17, 30], strategy == "monna"  # 1, 1, 3 and 4 batches of 8 per epoch: padded batches and masked steps
+    sequential = [env.strategy.training_for(t).run(t.trainable(), env.strategy.batches_for(t)) for t in tasks_of(env, sizes, personal)]
+    tasks = tasks_of(env, sizes, personal)
+    shared = [LocalTask(**{**t.__dict__, "model": tasks[0].model}) for t in tasks]  # the cohort shares one model
+    stacked = train_stacked(shared, [env.strategy.training_for(t) for t in shared], [list(env.strategy.batches_for(t)) for t in shared])
     for s, v in zip(sequential, stacked):
         assert s.steps == v.steps and s.mean_loss == pytest.approx(v.mean_loss, rel=1e-5)
         for name in s.params:
             assert torch.allclose(s.params[name], v.params[name], atol=1e-5), name
+        assert s.state.keys() == v.state.keys()
         for key in s.state:  # the momentum buffers too: a finished client's stayed as they were
             assert torch.allclose(s.state[key], v.state[key], atol=1e-5), key
-    moved = [max((v.params[n] - tasks[0].global_state[n]).abs().max().item() for n in v.params) for v in stacked]
+    moved = [max((v.params[n] - t.global_state[n]).abs().max().item() for n in v.params) for v, t in zip(stacked, tasks)]
     assert all(m > 0 for m in moved)
+
+
+@pytest.mark.parametrize("strategy", ["fedspeed", "monna"])
+def test_fedspeed_and_monna_runs_are_vectorised_and_match_the_sequential_run(tmp_path, caplog, strategy):
+    common = ("dataset=digits", "num_clients=6", "clients_per_round=6", "rounds=3", "checkpoint_every=3", "backend=inline",
+              f"strategy={strategy}", *(["strategy.f=1"] if strategy == "monna" else []))
+    states = {}
+    with caplog.at_level(logging.WARNING, logger="fedsim"):
+        for name, extra in {"sequential": [], "vectorised": ["backend.vectorize=true"]}.items():
+            simulate(make_config(*common, *extra), tmp_path / name, progress=False)
+            states[name] = read_checkpoint(tmp_path / name / "checkpoints" / "round_000003.pt")
+    assert not [r for r in caplog.records if "backend.vectorize" in r.getMessage()]  # no fallback
+    seq, vec = states["sequential"], states["vectorised"]
+    assert max((seq.global_state[k] - vec.global_state[k]).abs().max().item() for k in seq.global_state) < 1e-5
+    for path, tensor in tensors_in(seq.components["strategy"]).items():  # FedDyn's corrections h_i, MoNNA's node models
+        assert torch.allclose(tensor, tensors_in(vec.components["strategy"])[path], atol=1e-5), path
+    for cid in range(6):  # MoNNA's per-client momentum
+        for key, tensors in seq.client_states.get(cid, {}).items():
+            assert all(torch.allclose(t, vec.client_states[cid][key][n], atol=1e-5) for n, t in tensors.items())
+
+
+def tensors_in(obj: object, path: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in nested dicts and lists, by its path."""
+    if isinstance(obj, torch.Tensor):
+        return {path: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in tensors_in(value, f"{path}/{key}").items()}
 
 
 def test_a_vectorised_run_matches_the_sequential_run_inline_and_on_ray(tmp_path):

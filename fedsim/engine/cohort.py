@@ -1,23 +1,27 @@
 """Vectorised cohorts (``backend.vectorize=true``): the clients of a chunk train as one ``torch.func.vmap`` loop.
 
-Every client's parameters are stacked along a new first dimension and each step runs the model once
-for all of them on their stacked mini-batches (the same shuffles as the per-client path, drawn from the
-same generators). A mini-batch shorter than the step's longest is padded and its padding weighted zero, so each
-client's loss is still the mean over its own examples; a client with fewer steps is masked (its
-parameters and optimizer state stay as they are), never given extra updates. What follows training
-(the delta, update poisoning, the codec, the reply) is the per-client path's.
+Every client's parameters (and optimizer state) are stacked along a new first dimension and each step
+runs the model once for all of them on their stacked mini-batches (the same shuffles as the per-client
+path, drawn from the same generators). A mini-batch shorter than the step's longest is padded and its
+padding weighted zero, so each client's loss is still the mean over its own examples; a client with
+fewer steps is masked (its parameters and optimizer state stay as they are), never given extra updates.
+What follows training (the strategy's ``finish``, update poisoning, the codec, the reply) is the
+per-client path's.
 
-Eligible: a strategy whose ``vectorizable`` is true (FedAvg and subclasses adding client-independent loss
-terms: FedProx, FedAvgM, FedAdam), SGD (momentum, dampening, Nesterov, weight decay, ``grad_clip``), the
-plain gradient (no codec estimator), a model without buffers, one payload for the whole chunk. Anything
-else runs the per-client path, with one log line saying why. The chunk's tasks share the first client's
-model: the vectorised update is functional and never changes it.
+Eligible: a one-loop strategy (:attr:`Strategy.vectorizable`: FedAvg and its kin FedProx, FedAvgM,
+FedAdam, FedSAM; FedDyn and FedSpeed; MoNNA) whose loops in the chunk differ only in what can be
+stacked: SGD (momentum, dampening, Nesterov, weight decay, ``grad_clip``) with one lr, per-client
+momentum buffers, the plain or the sharpness-aware gradient (:class:`SamGradient`, FedSAM's and
+FedSpeed's), fixed per-client gradient offsets (:class:`GradOffset`, FedDyn's correction), loss terms
+of one shared payload (FedProx's), a model without buffers, payloads equal in the tensors not trained.
+Anything else (DP-SGD, a codec's estimator, Adam) runs the per-client path, with one log line saying why.
+The chunk's tasks share the first client's model: the vectorised update is functional and never changes it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from flwr.app import Message
@@ -26,7 +30,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedsim.engine.client_app import ClientSide, Prepared, prepare, reply, run_local_round
 from fedsim.strategy import LocalTask
-from fedsim.training import LocalTraining, Optimizer, Params, TrainOutcome, autograd_gradient
+from fedsim.training import Batch, GradOffset, LocalTraining, Optimizer, Params, SamGradient, TrainOutcome, autograd_gradient
 
 log = logging.getLogger("fedsim")
 _SAID: set[str] = set()  # fallback reasons already logged in this process
@@ -36,33 +40,41 @@ def run_cohort(side: ClientSide, items: Sequence[tuple[Message, int]]) -> list[M
     """Replies to ``(message, client id)`` pairs: trained as one vectorised loop when eligible, else one by one."""
     first = prepare(side, *items[0])
     prepared = [first, *(prepare(side, message, cid, like=first) for message, cid in items[1:])]
-    vectorizable = getattr(prepared[0].parts.strategy, "vectorizable", False)
-    trainings = [p.parts.strategy.training_for(p.task) for p in prepared] if vectorizable else None
-    problem = "the strategy's local update cannot be vectorised" if trainings is None else ineligible(prepared, trainings)
+    strategies = [p.parts.strategy for p in prepared]
+    trainings = [s.training_for(p.task) for s, p in zip(strategies, prepared)] if strategies[0].vectorizable else None
+    problem = "the strategy's local update is not one training loop" if trainings is None else ineligible(prepared, trainings)
     if problem is not None:
         if problem not in _SAID:
             _SAID.add(problem)
             log.warning("backend.vectorize: %s; its clients run one by one", problem)
         return [run_local_round(side, message, cid) for message, cid in items]
     tasks, size = [p.task for p in prepared], slice_size(prepared[0].task)
-    outcomes = [o for i in range(0, len(tasks), size) for o in train_stacked(tasks[i : i + size], trainings[i : i + size])]
-    return [reply(side, p, p.parts.strategy.finish(p.task, outcome)) for p, outcome in zip(prepared, outcomes)]
+    batches = [list(s.batches_for(t)) for s, t in zip(strategies, tasks)]
+    outcomes = [o for i in range(0, len(tasks), size)
+                for o in train_stacked(tasks[i : i + size], trainings[i : i + size], batches[i : i + size])]
+    return [reply(side, p, s.finish(p.task, outcome)) for s, p, outcome in zip(strategies, prepared, outcomes)]
 
 
 def ineligible(prepared: list[Prepared], trainings: list[LocalTraining]) -> str | None:
     """Why this chunk cannot train as one vectorised loop (None: it can)."""
     first, task = trainings[0], prepared[0].task
-    if any(t.gradient is not autograd_gradient for t in trainings):
-        return "a non-default gradient estimator (SAM, DP-SGD, a codec's) is in use"
-    if any(t.grad_hooks or t.optimizer != first.optimizer or t.lr != first.lr for t in trainings):
-        return "the clients' optimizers differ or gradient hooks are set"
+    if any(t.gradient is not autograd_gradient and not isinstance(t.gradient, SamGradient) for t in trainings):
+        return "a gradient estimator other than autograd or SAM (DP-SGD, a codec's) is in use"
+    if any(t.gradient != first.gradient or t.optimizer != first.optimizer or t.lr != first.lr for t in trainings):
+        return "the clients' optimizers or gradient estimators differ"
+    if any(len(t.grad_hooks) != len(first.grad_hooks) or not all(isinstance(h, GradOffset) for h in t.grad_hooks) for t in trainings):
+        return "gradient hooks other than fixed offsets are set"
     if first.optimizer.name != "sgd":
         return f"optimizer.name={first.optimizer.name} (only sgd is vectorised)"
+    names = set(task.trainable())
+    if any(k.removeprefix("momentum.") not in names or not k.startswith("momentum.") for t in trainings for k in t.state):
+        return "an optimizer state other than SGD momentum buffers"
     if any(True for _ in task.model.buffers()):
         return f"{type(task.model).__name__} has buffers (BatchNorm statistics)"
-    if any(p.task.global_state is not task.global_state and any(not torch.equal(p.task.global_state[k], v) for k, v in task.global_state.items())
+    kept = [k for k in task.global_state if k not in names or first.loss_terms]  # what the shared model and loss terms use
+    if any(p.task.global_state is not task.global_state and any(not torch.equal(p.task.global_state[k], task.global_state[k]) for k in kept)
            for p in prepared[1:]):
-        return "the clients received different payloads"
+        return "the clients received payloads that differ beyond their trained tensors"
     return None
 
 
@@ -80,25 +92,28 @@ def slice_size(task: LocalTask) -> int:
     return max(1, CPU_SLICE_BYTES // max(1, per_client))
 
 
-def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining]) -> list[TrainOutcome]:
-    """Each task's training outcome, computed as one vmap over the stacked clients."""
+StepFn = Callable[[Params, torch.Tensor, torch.Tensor, torch.Tensor], tuple[Params, torch.Tensor]]
+
+
+def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batches: list[list[Batch]]) -> list[TrainOutcome]:
+    """Each task's training outcome over its ``batches``, computed as one vmap over the stacked clients."""
     first, model = trainings[0], tasks[0].model.train()
-    starts = [task.trainable() for task in tasks]
-    names = list(starts[0])
+    names = list(tasks[0].trainable())
     fixed = {n: p.detach() for n, p in model.named_parameters() if n not in names}
-    batches = [list(task.batches()) for task in tasks]
     steps = [len(b) for b in batches]
-    loss_terms = first.loss_terms  # client-independent (``vectorizable``): one set serves the cohort
+    loss_terms = first.loss_terms  # of one shared payload (``ineligible``): one set serves the cohort
 
     def loss(params: Params, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, {**fixed, **params}, (x,))
         mean = (nn.functional.cross_entropy(logits, y, reduction="none") * weight).sum()
         return mean + sum(term(params) for term in loss_terms)
 
-    step_fn = vmap(grad_and_value(loss))
-    params = {n: torch.stack([s[n] for s in starts]) for n in names}
+    step_fn: StepFn = vmap(grad_and_value(loss))
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    params = {n: torch.stack([task.global_state[n].detach().to(dtypes[n]) for task in tasks]) for n in names}
+    state = stacked_state(trainings, params)
+    offsets = [{n: torch.stack([t.grad_hooks[j].offset[n] for t in trainings]) for n in names} for j in range(len(first.grad_hooks))]
     device = next(iter(params.values())).device
-    state: Params = {}
     optimizer = Optimizer(first.optimizer)
     losses = torch.zeros(len(tasks), device=device)
     for t in range(max(steps)):
@@ -106,7 +121,9 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining]) -> lis
         step_batches = [b[t] if t < len(b) else None for b in batches]
         width = max(len(batch[1]) for batch in step_batches if batch is not None)  # this step's longest batch
         x, y, weight = stack_step(step_batches, width, tasks[0])
-        grads, step_loss = step_fn(params, x, y, weight)
+        grads, step_loss = stacked_gradient(step_fn, first.gradient, params, x, y, weight)
+        for offset in offsets:  # the clients' GradOffset hooks, in order
+            grads = {n: g + offset[n] for n, g in grads.items()}
         if first.optimizer.grad_clip is not None:
             grads = clip_each(grads, first.optimizer.grad_clip)
         with torch.no_grad():
@@ -119,6 +136,37 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining]) -> lis
         losses += torch.where(active, step_loss.detach(), torch.zeros((), device=device))
     return [TrainOutcome({n: params[n][i] for n in names}, {k: v[i] for k, v in state.items()},
                          float(losses[i]) / steps[i] if steps[i] else float("nan"), steps[i]) for i in range(len(tasks))]
+
+
+def stacked_state(trainings: list[LocalTraining], params: Params) -> Params:
+    """The clients' initial momentum buffers, stacked (a client without one starts from zero, as the optimizer does)."""
+    keys = sorted({k for t in trainings for k in t.state})
+    return {k: torch.stack([t.state[k] if k in t.state else torch.zeros_like(params[k.removeprefix("momentum.")][0]) for t in trainings])
+            for k in keys}
+
+
+def stacked_gradient(step_fn: StepFn, gradient: object, params: Params, x: torch.Tensor, y: torch.Tensor,
+                     weight: torch.Tensor) -> tuple[Params, torch.Tensor]:
+    """Every client's gradient and loss at its parameters: plain, or sharpness-aware (:class:`SamGradient`'s rule
+    with each client's own ascent norm)."""
+    grads, loss = step_fn(params, x, y, weight)
+    if not isinstance(gradient, SamGradient):
+        return grads, loss
+    scale = gradient.rho / (client_norms(grads) + 1e-7)
+    perturbed, _ = step_fn({n: p + grads[n] * per_client(scale, p) for n, p in params.items()}, x, y, weight)
+    if gradient.alpha == 1.0:
+        return perturbed, loss
+    return {n: (1 - gradient.alpha) * grads[n] + gradient.alpha * perturbed[n] for n in grads}, loss
+
+
+def client_norms(grads: Params) -> torch.Tensor:
+    """Each client's global gradient norm (first dimension: the client)."""
+    return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
+
+
+def per_client(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-client vector shaped to broadcast against ``like`` (clients first)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 def stack_step(batches: list[tuple[torch.Tensor, torch.Tensor] | None], width: int, like: LocalTask) -> tuple[torch.Tensor, ...]:
@@ -136,11 +184,10 @@ def stack_step(batches: list[tuple[torch.Tensor, torch.Tensor] | None], width: i
 
 def clip_each(grads: Params, max_norm: float) -> Params:
     """Each client's gradient scaled to global norm at most ``max_norm`` (:func:`fedsim.training.clip_by_norm`'s rule)."""
-    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
-    scale = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
-    return {n: g * scale.view(-1, *([1] * (g.dim() - 1))) for n, g in grads.items()}
+    scale = torch.clamp(max_norm / (client_norms(grads) + 1e-6), max=1.0)
+    return {n: g * per_client(scale, g) for n, g in grads.items()}
 
 
 def masked(active: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """``new`` for the active clients (first dimension), ``old`` for the others."""
-    return torch.where(active.view(-1, *([1] * (new.dim() - 1))), new, old)
+    return torch.where(per_client(active, new), new, old)
