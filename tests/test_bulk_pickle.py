@@ -4,11 +4,13 @@ per writer, and no file outlives its round."""
 from __future__ import annotations
 
 import pickle
+import tempfile
+from pathlib import Path
 
 import pytest
-
 import torch
 
+from fedsim.engine import bulk_pickle
 from fedsim.engine.bulk_pickle import BULK_BYTES, BulkWriter, read_bulk, remove_leftovers
 from fedsim.state import to_record
 
@@ -42,3 +44,8 @@ def test_leftovers_of_a_prefix_are_removed(tmp_path) -> None:
         BulkWriter(tmp_path, prefix).dumps(to_record({"w": torch.zeros(BULK_BYTES)}))
     remove_leftovers(tmp_path, "fedsim-a")
     assert [p.name.rsplit("-", 1)[0] for p in tmp_path.iterdir()] == ["fedsim-b"]
+
+
+def test_a_small_shared_memory_falls_back_to_the_temporary_folder(monkeypatch) -> None:
+    monkeypatch.setattr(bulk_pickle, "SHM_FREE_BYTES", 2**62)  # more than any /dev/shm has free
+    assert bulk_pickle.bulk_folder() == Path(tempfile.gettempdir())

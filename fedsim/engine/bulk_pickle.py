@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,15 @@ from flwr.app import Array
 BULK_BYTES = 64 * 1024
 
 
+SHM_FREE_BYTES = 4 * 2**30  # /dev/shm is used only with this much free (a container's default is 64 MB)
+
+
 def bulk_folder() -> Path:
-    """Shared memory where the system has it (Linux), else the temporary folder."""
+    """Shared memory where the system has it (Linux) with room to spare, else the temporary folder."""
     shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    if shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= SHM_FREE_BYTES:
+        return shm
+    return Path(tempfile.gettempdir())
 
 
 def read_bulk(path: str, offset: int, length: int) -> bytes:
