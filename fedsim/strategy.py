@@ -234,29 +234,11 @@ class Strategy(Component, ABC):
     def local_update(self, task: LocalTask) -> LocalResult:
         """Train on the client's data; return the update to upload."""
 
-    # One-loop local updates, which a vectorised cohort (backend.vectorize) can run as one vmap.
-
     @property
     def vectorizable(self) -> bool:
-        """Whether this strategy's local update is exactly :meth:`one_loop_update`: one training loop
-        (:meth:`training_for` over :meth:`batches_for`), then :meth:`finish` of its outcome. Not by default."""
+        """Whether a vectorised cohort (backend.vectorize) may run this strategy's clients as one vmap: only a
+        :class:`OneLoopStrategy` that keeps its one-loop local update."""
         return False
-
-    def one_loop_update(self, task: LocalTask) -> LocalResult:
-        """The local update of a one-loop strategy."""
-        return self.finish(task, self.training_for(task).run(task.trainable(), self.batches_for(task)))
-
-    def training_for(self, task: LocalTask) -> LocalTraining:
-        """A one-loop strategy's training loop for ``task``."""
-        raise NotImplementedError(f"{type(self).__name__} is not a one-loop strategy")
-
-    def batches_for(self, task: LocalTask) -> Iterable[Batch]:
-        """The mini-batches a one-loop strategy trains on: the task's."""
-        return task.batches()
-
-    def finish(self, task: LocalTask, trained: TrainOutcome) -> LocalResult:
-        """A one-loop strategy's upload (and client-state changes) from its trained outcome."""
-        raise NotImplementedError(f"{type(self).__name__} is not a one-loop strategy")
 
     @abstractmethod
     def aggregate(self, server_round: int, global_state: Tensors, updates: list[ClientUpdate], combine: Combine) -> Tensors:
@@ -270,3 +252,30 @@ class Strategy(Component, ABC):
         """Run the one training loop over the task's trainable parameters and mini-batches;
         ``contributions`` are :meth:`LocalTask.training`'s keyword arguments."""
         return task.training(**contributions).run(task.trainable(), task.batches())  # type: ignore[arg-type]
+
+
+class OneLoopStrategy(Strategy):
+    """A strategy whose local update is one run of the training loop (:meth:`training_for` over
+    :meth:`batches_for`), then :meth:`finish` of its outcome, so that a vectorised cohort can run many
+    clients' updates as one vmap (``backend.vectorize``). A subclass that overrides :meth:`local_update`
+    leaves the protocol, and its clients run one by one. The default upload is the model delta."""
+
+    def local_update(self, task: LocalTask) -> LocalResult:
+        return self.finish(task, self.training_for(task).run(task.trainable(), self.batches_for(task)))
+
+    @property
+    def vectorizable(self) -> bool:
+        return type(self).local_update is OneLoopStrategy.local_update
+
+    @abstractmethod
+    def training_for(self, task: LocalTask) -> LocalTraining:
+        """The training loop for ``task``, with this strategy's contributions."""
+
+    def batches_for(self, task: LocalTask) -> Iterable[Batch]:
+        """The mini-batches the loop trains on: the task's."""
+        return task.batches()
+
+    def finish(self, task: LocalTask, trained: TrainOutcome) -> LocalResult:
+        """The upload (and any client-state change) from the trained outcome: the delta, the example count,
+        the mean training loss."""
+        return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss})

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from fedsim.state import Tensors
-from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, Strategy
-from fedsim.training import GradientFn, LocalTraining, LossTerm, TrainOutcome
+from fedsim.strategy import ClientUpdate, Combine, LocalTask, OneLoopStrategy
+from fedsim.training import GradientFn, LocalTraining, LossTerm
 
 
-class FedAvg(Strategy):
+class FedAvg(OneLoopStrategy):
     """Federated Averaging (McMahan et al., "Communication-Efficient Learning of Deep Networks
     from Decentralized Data", AISTATS 2017): E local epochs with the run's optimizer, upload the
     model delta; the server adds the combined delta (the sample-weighted mean unless a robust
     aggregator is configured) to the global model."""
-
-    def local_update(self, task: LocalTask) -> LocalResult:
-        return self.one_loop_update(task)
 
     def training_for(self, task: LocalTask) -> LocalTraining:
         """The task's training loop with this strategy's contributions."""
@@ -23,16 +20,6 @@ class FedAvg(Strategy):
     def fit_args(self, task: LocalTask) -> dict[str, object]:
         """This strategy's contributions to the task's training loop."""
         return {"loss_terms": self.loss_terms(task), "gradient": self.gradient()}
-
-    def finish(self, task: LocalTask, trained: TrainOutcome) -> LocalResult:
-        """The upload of a trained task: the delta, the example count, the mean training loss."""
-        return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss})
-
-    @property
-    def vectorizable(self) -> bool:
-        """The local update is FedAvg's one loop (a subclass may add client-independent loss terms, as
-        FedProx, or a gradient estimator, as FedSAM; the cohort checks which it can stack)."""
-        return type(self).local_update is FedAvg.local_update and type(self).finish is FedAvg.finish
 
     def loss_terms(self, task: LocalTask) -> tuple[LossTerm, ...]:
         """Terms added to the local loss; subclasses add regularisers."""

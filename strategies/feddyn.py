@@ -7,11 +7,11 @@ from torch import nn
 
 from fedsim.params import check_choice, check_range, check_that
 from fedsim.state import Tensors
-from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, Strategy, uniform_mean
-from fedsim.training import GradientFn, GradOffset, LocalTraining, TrainOutcome
+from fedsim.strategy import ClientUpdate, Combine, LocalTask, OneLoopStrategy, uniform_mean
+from fedsim.training import GradientFn, GradOffset, LocalTraining
 
 
-class FedDyn(Strategy):
+class FedDyn(OneLoopStrategy):
     """FedDyn (Acar et al., "Federated Learning Based on Dynamic Regularization", ICLR 2021), in the
     parametrisation of FedSpeed's reference code (woodenchild95/FL-Simulator, client/feddyn.py,
     server/FedDyn.py). Client i has a correction h_i (in parameter units, zero at start; the paper's
@@ -77,13 +77,6 @@ class FedDyn(Strategy):
         """The local gradient estimator (None: plain autograd); FedSpeed's is sharpness-aware."""
         return None
 
-    def local_update(self, task: LocalTask) -> LocalResult:
-        return self.one_loop_update(task)
-
-    @property
-    def vectorizable(self) -> bool:
-        return type(self).local_update is FedDyn.local_update
-
     def training_for(self, task: LocalTask) -> LocalTraining:
         params = task.trainable()
         weight = self.correction_sign * self.lamb
@@ -94,9 +87,6 @@ class FedDyn(Strategy):
             gradient=self.gradient(),
             grad_hooks=(correction,),
         )
-
-    def finish(self, task: LocalTask, trained: TrainOutcome) -> LocalResult:
-        return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss})
 
     # Server side.
 

@@ -10,7 +10,7 @@ from torch import nn
 from fedsim.network import Network
 from fedsim.params import check_choice, check_range, check_that
 from fedsim.state import ClientState, Tensors, stack_flat, unflatten
-from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, ScoredModel, Strategy, model_holding
+from fedsim.strategy import ClientUpdate, Combine, LocalResult, LocalTask, OneLoopStrategy, ScoredModel, model_holding
 from fedsim.training import Batch, LocalTraining, TrainOutcome
 
 MOMENTUM_KEY = "monna.momentum"
@@ -18,7 +18,7 @@ RECEPTIONS = ("reference", "complete")
 RULES = ("nna", "trimmed_mean")
 
 
-class MoNNA(Strategy):
+class MoNNA(OneLoopStrategy):
     """MoNNA (Farhadkhani et al., "Robust Collaborative Learning with Linear Gradient Overhead",
     ICML 2023; reference code LPD-EPFL/robust-collaborative-learning).
 
@@ -79,13 +79,6 @@ class MoNNA(Strategy):
         return self.node_models.get(client_id, global_state)
 
     # Client side: one momentum step, upload the half-step model.
-
-    def local_update(self, task: LocalTask) -> LocalResult:
-        return self.one_loop_update(task)
-
-    @property
-    def vectorizable(self) -> bool:
-        return type(self).local_update is MoNNA.local_update
 
     def training_for(self, task: LocalTask) -> LocalTraining:
         momentum = task.client_state.get(MOMENTUM_KEY) or {}

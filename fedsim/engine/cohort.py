@@ -8,8 +8,8 @@ fewer steps is masked (its parameters and optimizer state stay as they are), nev
 What follows training (the strategy's ``finish``, update poisoning, the codec, the reply) is the
 per-client path's.
 
-Eligible: a one-loop strategy (:attr:`Strategy.vectorizable`: FedAvg and its kin FedProx, FedAvgM,
-FedAdam, FedSAM; FedDyn and FedSpeed; MoNNA) whose loops in the chunk differ only in what can be
+Eligible: a :class:`~fedsim.strategy.OneLoopStrategy` that keeps its local update (FedAvg and its kin FedProx, FedAvgM,
+FedAdam, FedSAM; FedDyn and FedSpeed; MoNNA), whose loops in the chunk differ only in what can be
 stacked: SGD (momentum, dampening, Nesterov, weight decay, ``grad_clip``) with one lr, per-client
 momentum buffers, the plain or the sharpness-aware gradient (:class:`SamGradient`, FedSAM's and
 FedSpeed's), fixed per-client gradient offsets (:class:`GradOffset`, FedDyn's correction), loss terms
