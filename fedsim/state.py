@@ -7,7 +7,7 @@ from collections.abc import MutableMapping
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedsim.wire import from_record as from_record, numpy_of as numpy_of, to_record  # re-exported: the state's wire format
 
@@ -30,6 +30,13 @@ STATE_PREFIX = "state."  # message entries carrying a client's persistent state
 def state_entries(content: RecordDict) -> dict[str, ArrayRecord]:
     """The client-state entries of a message's content."""
     return {k: v for k, v in content.items() if k.startswith(STATE_PREFIX) and isinstance(v, ArrayRecord)}
+
+
+def drop_hosted_state(message: Message) -> None:
+    """Free a message's copy of the client's hosted state once the server's store holds it (a delivered
+    message, an accepted reply), so a round of a large cohort does not hold every sampled client's state twice."""
+    for key in state_entries(message.content):
+        del message.content[key]
 
 
 class ClientState:

@@ -211,9 +211,13 @@ class SamGradient:
         loss, plain = autograd_gradient(loss_fn, params, batch)
         scale = self.rho / (float(global_norm(plain.values())) + 1e-7)
         _, perturbed = autograd_gradient(loss_fn, {n: p + plain[n] * scale for n, p in params.items()}, batch)
+        return loss, self.merged(plain, perturbed)
+
+    def merged(self, plain: Params, perturbed: Params) -> Params:
+        """(1 - alpha)·g1 + alpha·g2 (g2 itself when alpha = 1), per tensor (stacked clients too)."""
         if self.alpha == 1.0:
-            return loss, perturbed
-        return loss, {n: (1 - self.alpha) * plain[n] + self.alpha * perturbed[n] for n in params}
+            return perturbed
+        return {n: (1 - self.alpha) * plain[n] + self.alpha * perturbed[n] for n in plain}
 
 
 def sam_gradient(rho: float, alpha: float = 1.0) -> GradientFn:

@@ -4,8 +4,9 @@ Ray moves a task's arguments and results over gRPC or through its object store: 
 for a chunk carrying a 1.3 MB model, more than its clients' training. Between processes of one
 machine fedsim pickles a chunk itself and writes the data of every Flower ``Array`` of at least
 :data:`BULK_BYTES` into one file in ``/dev/shm``; the pickle holds (file, offset, length) in its
-place. (A pickler's ``reducer_override`` never sees plain ``bytes``, so the arrays are reduced.) A round's payload, shared by all its messages, is written
-once for every chunk of the round (the same object is written once per writer).
+place (a pickler's ``reducer_override`` never sees plain ``bytes``, so the arrays are reduced). A
+round's payload, shared by all its messages, is written once for every chunk of the round (the same
+data object is written once per writer).
 
 Only fedsim's own processes read these pickles (the driver and its actors, as Ray's own
 pickles); a client's reply is still screened field by field on the server (:mod:`replies`).
@@ -49,7 +50,7 @@ def read_bulk(path: str, offset: int, length: int) -> bytes:
 
 
 class BulkWriter:
-    """Pickles objects, their large ``bytes`` written once into one file named ``<prefix>-<random>``."""
+    """Pickles objects, the data of their large Flower arrays written once into one file named ``<prefix>-<random>``."""
 
     def __init__(self, folder: Path, prefix: str) -> None:
         self.path = folder / f"{prefix}-{uuid4().hex}"

@@ -85,10 +85,9 @@ def slice_size(task: LocalTask) -> int:
     """How many clients one vmap trains at once: on a CPU as many as keep the stacked parameters (and so
     their gradients and steps) near the cache, where one stack of 100 clients would run at memory speed;
     on a GPU all of them."""
-    trainable = task.trainable().values()
     if task.x.device.type != "cpu":
         return 2**31
-    per_client = sum(p.numel() * p.element_size() for p in trainable)
+    per_client = sum(p.numel() * p.element_size() for p in task.trainable().values())
     return max(1, CPU_SLICE_BYTES // max(1, per_client))
 
 
@@ -154,9 +153,7 @@ def stacked_gradient(step_fn: StepFn, gradient: object, params: Params, x: torch
         return grads, loss
     scale = gradient.rho / (client_norms(grads) + 1e-7)
     perturbed, _ = step_fn({n: p + grads[n] * per_client(scale, p) for n, p in params.items()}, x, y, weight)
-    if gradient.alpha == 1.0:
-        return perturbed, loss
-    return {n: (1 - gradient.alpha) * grads[n] + gradient.alpha * perturbed[n] for n in grads}, loss
+    return gradient.merged(grads, perturbed), loss
 
 
 def client_norms(grads: Params) -> torch.Tensor:

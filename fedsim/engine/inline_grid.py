@@ -18,7 +18,7 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.run import Run
 from flwr.serverapp import Grid
 
-from fedsim.state import state_entries
+from fedsim.state import drop_hosted_state
 
 
 
@@ -97,13 +97,6 @@ def timed_replies(client_app: ClientApp, cohort: Cohort | None, items: list[tupl
         started = time.perf_counter()
         reply = deliver(client_app, message, context)
         yield reply, time.perf_counter() - started
-
-
-def drop_hosted_state(message: Message) -> None:
-    """Free a delivered message's copy of the client's hosted state (the server's store keeps the state), so a
-    round of a large cohort does not hold every sampled client's state twice."""
-    for key in state_entries(message.content):
-        del message.content[key]
 
 
 def node_contexts(run: Run, num_nodes: int) -> dict[int, Context]:

@@ -31,8 +31,9 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.run import Run
 
 from fedsim.engine.bulk_pickle import BulkWriter, bulk_folder, remove_leftovers
-from fedsim.engine.client_app import config_key
-from fedsim.engine.inline_grid import SimulatedGrid, drop_hosted_state, timed_replies
+from fedsim.engine.client_app import build_client_app, config_key
+from fedsim.engine.inline_grid import SimulatedGrid, timed_replies
+from fedsim.state import drop_hosted_state
 
 log = logging.getLogger("fedsim")
 
@@ -69,8 +70,7 @@ class ClientWorker:
         return packed, str(writer.path) if writer.used else None
 
     def replies(self, key: str, cfg: Config, paths: list[str], items: Items) -> Timed:
-        from fedsim.engine.client_app import build_client_app
-        from fedsim.engine.simulation import cohort_runner
+        from fedsim.engine.simulation import cohort_runner  # (simulation imports this module)
 
         if key not in self.apps:
             missing = [p for p in paths if p not in sys.path]  # the driver's import path of this run (a later run may add folders)

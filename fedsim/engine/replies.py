@@ -19,7 +19,7 @@ from flwr.app import Message
 
 from fedsim.codec import Codec
 from fedsim.engine.context import RunContext
-from fedsim.state import ArrayRecordMap, Tensors, state_entries
+from fedsim.state import ArrayRecordMap, Tensors, drop_hosted_state, state_entries
 from fedsim.strategy import ClientUpdate
 from fedsim.training import OptimizerConfig
 from fedsim.validation import metrics_problem, state_problem, update_problem
@@ -91,8 +91,7 @@ def collect(
             got.reject(server_round, cid, problem)
             continue  # as for a failure: the client's hosted state stays as it was
         client_states[cid] = state
-        for key in state:  # the store holds it now (and may spill it): the reply's reference would keep it in memory
-            del reply.content[key]
+        drop_hosted_state(reply)  # the store holds it now (and may spill it): the reply's reference would keep it in memory
         got.updates.append(ClientUpdate(cid, update, int(num_examples), {k: float(v) for k, v in metrics.items()}))
     return got
 
