@@ -79,8 +79,12 @@ class Optimizer:
     def __init__(self, config: OptimizerConfig) -> None:
         self.config = config
 
-    def step(self, params: Params, grads: Params, state: Params, lr: float) -> tuple[Params, Params]:
+    def step(self, params: Params, grads: Params, state: Params, lr: float, *, in_place: bool = False) -> tuple[Params, Params]:
+        """``in_place``: overwrite ``params``, ``grads`` and ``state``'s tensors instead of allocating new ones (the
+        caller owns them all: a vectorised cohort's stacks, where a fresh 16 MB tensor per step costs more than
+        the arithmetic); the values are the same either way."""
         c = self.config
+        mul, add, addcmul, addcdiv = OPS_IN_PLACE if in_place else OPS
         new_params, new_state = {}, dict(state)
         if c.name == "adam":
             count = state.get("adam.step", torch.zeros(())) + 1
@@ -88,30 +92,44 @@ class Optimizer:
         for name, p in params.items():
             g = grads[name]
             if c.weight_decay:
-                g = g.add(p, alpha=c.weight_decay)
+                g = add(g, p, alpha=c.weight_decay)
             if c.name == "sgd":
                 if c.momentum:
-                    buf = state.get(f"momentum.{name}", torch.zeros_like(p)).mul(c.momentum).add(g, alpha=1 - c.dampening)
+                    buf = add(mul(state.get(f"momentum.{name}", torch.zeros_like(p)), c.momentum), g, alpha=1 - c.dampening)
                     new_state[f"momentum.{name}"] = buf
                     g = g.add(buf, alpha=c.momentum) if c.nesterov else buf
-                new_params[name] = p.add(g, alpha=-lr)
+                new_params[name] = add(p, g, alpha=-lr)
             else:
                 b1, b2 = c.betas
-                m = state.get(f"adam.m.{name}", torch.zeros_like(p)).mul(b1).add(g, alpha=1 - b1)
-                v = state.get(f"adam.v.{name}", torch.zeros_like(p)).mul(b2).addcmul(g, g, value=1 - b2)
+                m = add(mul(state.get(f"adam.m.{name}", torch.zeros_like(p)), b1), g, alpha=1 - b1)
+                v = addcmul(mul(state.get(f"adam.v.{name}", torch.zeros_like(p)), b2), g, g, value=1 - b2)
                 new_state[f"adam.m.{name}"], new_state[f"adam.v.{name}"] = m, v
                 t = float(count)
                 denom = (v / (1 - b2**t)).sqrt().add(c.eps)
-                new_params[name] = p.addcdiv(m, denom, value=-lr / (1 - b1**t))
+                new_params[name] = addcdiv(p, m, denom, value=-lr / (1 - b1**t))
         return new_params, new_state
 
 
+OPS = (torch.Tensor.mul, torch.Tensor.add, torch.Tensor.addcmul, torch.Tensor.addcdiv)
+OPS_IN_PLACE = (torch.Tensor.mul_, torch.Tensor.add_, torch.Tensor.addcmul_, torch.Tensor.addcdiv_)
+
+
+def training_mode(model: nn.Module) -> None:
+    """``model.train()``, skipped where it would change nothing: every module already in training mode and none
+    overriding ``train`` (the call sets each flag through ``Module.__setattr__``, several times the cost of the check)."""
+    if not all(m.training and type(m).train is nn.Module.train for m in model.modules()):
+        model.train()
+
+
 def model_loss(model: nn.Module) -> LossFn:
-    """Cross-entropy of ``model`` (in training mode) called with the given parameters (its other tensors as they are)."""
-    model.train()
-    fixed = {n: t.detach() for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    """Cross-entropy of ``model`` (in training mode) called with the given parameters (its other tensors as they
+    are, gathered at the first call: a vectorised cohort builds loops whose loss it never calls)."""
+    training_mode(model)
+    fixed: Params = {}
 
     def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not fixed:
+            fixed.update((n, t.detach()) for n, t in [*model.named_parameters(), *model.named_buffers()])
         return nn.functional.cross_entropy(functional_call(model, {**fixed, **params}, (x,)), y)
 
     return loss

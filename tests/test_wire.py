@@ -11,7 +11,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from fedsim.validation import all_finite
-from fedsim.wire import array_of, from_record, numpy_of, to_record
+from fedsim.wire import array_of, direct_array, from_record, new_array, numpy_of, to_record
 
 TENSORS = {
     "matrix": torch.randn(3, 4),
@@ -36,6 +36,17 @@ def test_records_round_trip_as_flower_reads_them() -> None:
         back, reference = from_record(record), record.to_torch_state_dict()
         for name in TENSORS:
             assert back[name].dtype == reference[name].dtype and torch.equal(back[name], reference[name])
+
+
+def test_arrays_are_the_objects_flowers_constructor_builds() -> None:
+    assert new_array is direct_array  # the pinned Flower's Array holds exactly these attributes
+    for name, tensor in TENSORS.items():
+        values = tensor.contiguous().numpy()
+        ours, flowers = array_of(values), Array(values)
+        assert type(ours) is Array and vars(ours) == vars(flowers), name
+        assert ours.object_id == flowers.object_id and ours.deflate() == flowers.deflate()
+        ours.data = b""  # Flower's own attribute logic still runs on ours
+        assert ours.is_dirty and ours.object_id != flowers.object_id
 
 
 def npy(values: np.ndarray, version: tuple[int, int] = (1, 0)) -> bytes:

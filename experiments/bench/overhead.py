@@ -22,7 +22,7 @@ Cases (MNIST-5k, the default MLP, 1 local epoch, batch 32 unless said):
 
 The bare loop trains the same clients (same partition, sampling and shuffling seeds), averages the
 deltas and evaluates centrally each round, sequentially, one torch thread. Timings are the fastest of
-``--repeat`` runs (Ray: one run; its start-up is reported apart).
+``--repeat`` passes that run the compared contenders in turn (Ray: one run; its start-up is reported apart).
 
     python experiments/bench/overhead.py            # every case (~10 min on 2 cores, ~30 GB of scratch disk)
     python experiments/bench/overhead.py --quick    # fewer rounds, no 10,000-client case
@@ -38,7 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,28 +106,35 @@ def bare_loop(env: Run) -> float:
     return time.perf_counter() - started
 
 
-def fedsim_run(overrides: list[str], repeat: int = 1) -> tuple[float, float, float, list[float]]:
-    """(total wall, rounds wall, final accuracy, each round's wall) of the fastest of ``repeat`` runs (server data
-    loaded outside)."""
+def fedsim_run(overrides: list[str]) -> tuple[float, float, float, list[float]]:
+    """(total wall, rounds wall, final accuracy, each round's wall) of one run (server data loaded outside)."""
     cfg = config(overrides)
     ctx = RunContext.from_config(cfg)
-    best = None
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        summary = simulate(cfg, Path(out), progress=False, ctx=ctx)
+        total = time.perf_counter() - started
+        records = [json.loads(line) for line in (Path(out) / "rounds.jsonl").read_text().splitlines()]
+    return total, sum(r["wall_s"] for r in records), summary["final_test_acc"], [r["wall_s"] for r in records]
+
+
+def interleaved(runs: dict[str, Callable[[], Any]], repeat: int) -> dict[str, Any]:
+    """Each run's fastest result (by its wall seconds: the result, or its first item) over ``repeat`` passes that
+    run them all in turn, so that a machine whose speed drifts (this one's does, by a third within minutes)
+    slows every contender alike rather than whichever ran last."""
+    results: dict[str, list[Any]] = {name: [] for name in runs}
     for _ in range(repeat):
-        with tempfile.TemporaryDirectory() as out:
-            started = time.perf_counter()
-            summary = simulate(cfg, Path(out), progress=False, ctx=ctx)
-            total = time.perf_counter() - started
-            records = [json.loads(line) for line in (Path(out) / "rounds.jsonl").read_text().splitlines()]
-        result = (total, sum(r["wall_s"] for r in records), summary["final_test_acc"], [r["wall_s"] for r in records])
-        best = result if best is None or result[0] < best[0] else best
-    return best
+        for name, run in runs.items():
+            results[name].append(run())
+    return {name: min(got, key=lambda r: r if isinstance(r, float) else r[0]) for name, got in results.items()}
 
 
 def overhead(rounds: int, repeat: int) -> None:
     for case, overrides in CASES.items():
         base = [*overrides, f"rounds={rounds}"]
-        bare = min(bare_loop(Run(config([*base, "backend=inline"]))) for _ in range(repeat))
-        total, _, acc, _ = fedsim_run([*base, "backend=inline"], repeat)
+        env = Run(config([*base, "backend=inline"]))
+        best = interleaved({"bare": lambda: bare_loop(env), "inline": lambda: fedsim_run([*base, "backend=inline"])}, repeat)
+        bare, (total, _, acc, _) = best["bare"], best["inline"]
         slug = case.split(",")[0].replace(" ", "_")
         print(f"{case}: bare {bare:.2f} s, inline {total:.2f} s (acc {acc:.3f})")
         figure(f"inline_over_bare[{slug}]", total / bare, "<=", 1.0)
@@ -173,9 +182,9 @@ def vectorised(rounds: int, repeat: int) -> None:
     """100 clients, all per round: the bare loop, the inline per-client path and the vectorised cohort."""
     base = ["num_clients=100", "clients_per_round=100", f"rounds={rounds}", "backend=inline"]
     env = Run(config(base))
-    bare = min(bare_loop(env) for _ in range(repeat))
-    inline, _, inline_acc, _ = fedsim_run(base, repeat)
-    vector, _, vector_acc, _ = fedsim_run([*base, "backend.vectorize=true"], repeat)
+    best = interleaved({"bare": lambda: bare_loop(env), "inline": lambda: fedsim_run(base),
+                        "vectorised": lambda: fedsim_run([*base, "backend.vectorize=true"])}, repeat)
+    bare, (inline, _, inline_acc, _), (vector, _, vector_acc, _) = best["bare"], best["inline"], best["vectorised"]
     peak, flops = matmul_probe(), training_flops(env)
     print(f"100 clients, all per round: bare {bare:.2f} s, inline {inline:.2f} s (acc {inline_acc:.4f}), "
           f"vectorised {vector:.2f} s (acc {vector_acc:.4f}); bmm probe {peak / 1e9:.1f} GFLOP/s (1 thread)")
@@ -245,7 +254,7 @@ def many_stateful_clients(scratch: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 rounds, no 10,000-client case")
-    parser.add_argument("--repeat", type=int, default=2, help="bare and inline runs repeated, fastest kept")
+    parser.add_argument("--repeat", type=int, default=3, help="passes over the bare, inline and vectorised runs, fastest of each kept")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the sweep and the 10,000-client run (default: a temporary one)")
     parser.add_argument("--cases", default="overhead,vectorised,sweep,many", help="which of overhead, vectorised, sweep, many to run")
     args = parser.parse_args()

@@ -127,14 +127,15 @@ def reply(side: ClientSide, prepared: Prepared, result: LocalResult) -> Message:
     encoded: ArrayRecord = prepared.parts.codec.encode(update, task.client_state, task.round)
     metrics = {"num_examples": result.num_examples, **result.metrics}
     content = RecordDict({"update": encoded, "metrics": MetricRecord(metrics), **task.client_state.entries()})
-    ctx.new_model.release(task.model)  # the reply holds its own bytes: nothing refers to the model any more
     return Message(content, reply_to=prepared.message)
 
 
 def run_local_round(side: ClientSide, message: Message, client_id: int) -> Message:
     """One client's work for one round; returns the reply message."""
     prepared = prepare(side, message, client_id)
-    return reply(side, prepared, prepared.parts.strategy.local_update(prepared.task))
+    answer = reply(side, prepared, prepared.parts.strategy.local_update(prepared.task))
+    side.context.new_model.release(prepared.task.model)  # the reply holds its own bytes: nothing refers to the model any more
+    return answer
 
 
 def build_client_app(cfg: Config, context: RunContext | None = None) -> ClientApp:

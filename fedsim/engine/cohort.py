@@ -52,7 +52,9 @@ def run_cohort(side: ClientSide, items: Sequence[tuple[Message, int]]) -> list[M
     batches = [list(s.batches_for(t)) for s, t in zip(strategies, tasks)]
     outcomes = [o for i in range(0, len(tasks), size)
                 for o in train_stacked(tasks[i : i + size], trainings[i : i + size], batches[i : i + size])]
-    return [reply(side, p, s.finish(p.task, outcome)) for s, p, outcome in zip(strategies, prepared, outcomes)]
+    replies = [reply(side, p, s.finish(p.task, outcome)) for s, p, outcome in zip(strategies, prepared, outcomes)]
+    side.context.new_model.release(first.task.model)  # the chunk's one model: the replies hold their own bytes
+    return replies
 
 
 def ineligible(prepared: list[Prepared], trainings: list[LocalTraining]) -> str | None:
@@ -103,13 +105,15 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batche
     loss_terms = first.loss_terms  # of one shared payload (``ineligible``): one set serves the cohort
 
     def loss(params: Params, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, {**fixed, **params}, (x,))
-        mean = (nn.functional.cross_entropy(logits, y, reduction="none") * weight).sum()
-        return mean + sum(term(params) for term in loss_terms)
+        logits = functional_call(model, {**fixed, **params}, (x,))  # cross-entropy as log-softmax and a gather:
+        picked = nn.functional.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)  # vmap runs nll_loss
+        return -(picked * weight).sum() + sum(term(params) for term in loss_terms)  # as a Python decomposition
 
     step_fn: StepFn = vmap(grad_and_value(loss))
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
-    params = {n: torch.stack([task.global_state[n].detach().to(dtypes[n]) for task in tasks]) for n in names}
+    shared = all(task.global_state is tasks[0].global_state for task in tasks)  # one payload: broadcast, not copied
+    params = {n: tasks[0].global_state[n].detach().to(dtypes[n]).expand(len(tasks), *tasks[0].global_state[n].shape) if shared
+              else torch.stack([task.global_state[n].detach().to(dtypes[n]) for task in tasks]) for n in names}
     state = stacked_state(trainings, params)
     offsets = [{n: torch.stack([t.grad_hooks[j].offset[n] for t in trainings]) for n in names} for j in range(len(first.grad_hooks))]
     device = next(iter(params.values())).device
@@ -126,13 +130,16 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batche
         if first.optimizer.grad_clip is not None:
             grads = clip_each(grads, first.optimizer.grad_clip)
         with torch.no_grad():
-            stepped, new_state = optimizer.step(params, grads, state, first.lr)
-            if bool(active.all()):  # every client steps: nothing to mask
+            every = bool(active.all())  # every client steps: nothing to mask, and the stacks (ours) step in place
+            stepped, new_state = optimizer.step(params, grads, state, first.lr, in_place=every and not (shared and t == 0))
+            if every:
                 params, state = stepped, new_state
             else:
                 params = {n: masked(active, stepped[n], params[n]) for n in names}
                 state = {k: masked(active, v, state[k] if k in state else torch.zeros_like(v)) for k, v in new_state.items()}
         losses += torch.where(active, step_loss.detach(), torch.zeros((), device=device))
+    if shared and max(steps) == 0:  # nothing stepped: the outcomes would be views of the payload
+        params = {n: p.clone() for n, p in params.items()}
     return [TrainOutcome({n: params[n][i] for n in names}, {k: v[i] for k, v in state.items()},
                          float(losses[i]) / steps[i] if steps[i] else float("nan"), steps[i]) for i in range(len(tasks))]
 
@@ -169,6 +176,9 @@ def per_client(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def stack_step(batches: list[tuple[torch.Tensor, torch.Tensor] | None], width: int, like: LocalTask) -> tuple[torch.Tensor, ...]:
     """One step's mini-batches as (clients, width, ...) tensors, zero-padded, with 1/len weights on real examples."""
     shape, device = like.x.shape[1:], like.x.device
+    if all(batch is not None and len(batch[1]) == width for batch in batches):  # no padding: stacked as they are
+        x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])  # type: ignore[index]
+        return x, y, torch.full((len(batches), width), 1.0 / width, device=device)
     x = torch.zeros(len(batches), width, *shape, dtype=like.x.dtype, device=device)
     y = torch.zeros(len(batches), width, dtype=like.y.dtype, device=device)
     weight = torch.zeros(len(batches), width, device=device)

@@ -10,9 +10,12 @@ metrics for the same seed.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +59,27 @@ def simulate(
         check_fit(parts, ctx)
     recorder = RunRecorder(out_dir, trackers_for(cfg, out_dir))
     server = FederatedServer(ctx, parts, recorder, progress)
-    if backend == "inline":  # the frozen context is shared; the client side builds its own components
-        run_inline(server, build_client_app(cfg, ctx), ctx.num_clients, cohort_runner(cfg, ctx))
-    elif cfg["backend"].get("transport", "actors") == "actors":  # every Ray actor builds its own context and components
-        run_actors(server, cfg)
-    else:
-        run_flower(server, build_client_app(cfg), cfg)
+    with setup_left_to_rest():
+        if backend == "inline":  # the frozen context is shared; the client side builds its own components
+            run_inline(server, build_client_app(cfg, ctx), ctx.num_clients, cohort_runner(cfg, ctx))
+        elif cfg["backend"].get("transport", "actors") == "actors":  # every Ray actor builds its own context and components
+            run_actors(server, cfg)
+        else:
+            run_flower(server, build_client_app(cfg), cfg)
     return server.recorder.finish({"backend": backend, "wall_s": time.perf_counter() - started})
+
+
+@contextmanager
+def setup_left_to_rest() -> Iterator[None]:
+    """For the rounds, the objects that exist when they start (data, config, models, the libraries' own) leave
+    the cyclic garbage collector's generations (``gc.freeze``): its full collections, which would rescan them
+    all every so many allocations (pauses of 0.3 s in a 100-client run), scan only what the rounds create.
+    They rejoin afterwards, so a process running many simulations still collects them."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def run_inline(server: FederatedServer, client_app: Any, num_clients: int, cohort: Cohort | None = None) -> None:
