@@ -126,13 +126,22 @@ def model_loss(model: nn.Module) -> LossFn:
     are, gathered at the first call: a vectorised cohort builds loops whose loss it never calls)."""
     training_mode(model)
     fixed: Params = {}
+    tied = [True]
 
     def loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not fixed:
             fixed.update((n, t.detach()) for n, t in [*model.named_parameters(), *model.named_buffers()])
-        return nn.functional.cross_entropy(functional_call(model, {**fixed, **params}, (x,)), y)
+            tied[0] = has_tied_tensors(model)
+        return nn.functional.cross_entropy(functional_call(model, {**fixed, **params}, (x,), tie_weights=tied[0]), y)
 
     return loss
+
+
+def has_tied_tensors(model: nn.Module) -> bool:
+    """Whether one tensor appears under two names (tied weights), which ``functional_call`` must then re-tie
+    (by default it maps the model's ties at every call; without ties there is nothing to map)."""
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return len({id(t) for _, t in named}) != len(named)
 
 
 def autograd_gradient(loss_fn: LossFn, params: Params, batch: Batch) -> tuple[float, Params]:

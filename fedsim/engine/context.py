@@ -76,17 +76,19 @@ class ModelFactory:
             model = self()
             model.load_state_dict(state, strict=False)
             return model
-        named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        params = dict(model.named_parameters())
+        named = {**params, **dict(model.named_buffers())}
         if any(k in named and tuple(v.shape) != tuple(named[k].shape) for k, v in state.items()):
             model.load_state_dict(state, strict=False)  # raises load_state_dict's own error
         with torch.no_grad():
             for name, tensor in named.items():
                 tensor.copy_(state.get(name, self._initial[name]))
-        for name, p in model.named_parameters():
+        for name, p in params.items():
             p.requires_grad_(self._initial[name].requires_grad)
             p.grad = None
         for module, template in zip(model.modules(), self._template.modules()):
-            module.training = template.training
+            if module.training != template.training:  # (set through Module.__setattr__: only where it differs)
+                module.training = template.training
         return model
 
     def release(self, model: nn.Module) -> None:

@@ -54,6 +54,10 @@ class InlineGrid(SimulatedGrid):
         self._cohort = cohort  # runs a round's train messages together (backend.vectorize)
         self._replies: dict[str, tuple[Message, float]] = {}  # message id -> (reply, seconds the client took)
 
+    def in_process_nodes(self) -> dict[int, int]:
+        """Client id -> node id (node ``1001 + i`` plays client ``i``): every node is this process's ClientApp."""
+        return {int(c.node_config["partition-id"]): node for node, c in self._contexts.items()}
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         for message in messages:

@@ -1,0 +1,64 @@
+"""The functional training loop's shortcuts give what the plain forms give: a tied-weight model's loss and
+gradient, and the optimizer's in-place step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedsim.training import Optimizer, OptimizerConfig, autograd_gradient, has_tied_tensors, model_loss
+
+
+class Tied(nn.Module):
+    """Two layers sharing one weight (as tied embeddings do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 3)
+        self.b.weight = nn.Parameter(self.a.weight[:3].detach().clone())
+        self.c = nn.Linear(6, 6, bias=False)
+        self.c.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.c(torch.relu(self.a(x)))))
+
+
+def test_tied_weights_are_retied_and_their_gradient_is_the_modules() -> None:
+    torch.manual_seed(0)
+    model, x, y = Tied(), torch.randn(8, 6), torch.randint(0, 3, (8,))
+    assert has_tied_tensors(model) and not has_tied_tensors(nn.Sequential(nn.Linear(6, 3)))
+    params = {n: p.detach() + 0.1 for n, p in model.named_parameters()}  # "c.weight" is "a.weight": not listed
+    loss, grads = autograd_gradient(model_loss(model), params, (x, y))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(params[n])
+    reference = nn.functional.cross_entropy(model(x), y)
+    reference.backward()
+    assert loss == pytest.approx(float(reference.detach()), rel=1e-6)
+    for n, p in model.named_parameters():
+        assert torch.allclose(grads[n], p.grad, atol=1e-6), n
+
+
+@pytest.mark.parametrize("config", [
+    OptimizerConfig(),
+    OptimizerConfig(momentum=0.9, dampening=0.1, weight_decay=1e-3),
+    OptimizerConfig(momentum=0.9, nesterov=True, weight_decay=1e-3),
+    OptimizerConfig(name="adam", weight_decay=1e-3),
+])
+def test_the_in_place_step_gives_the_functional_steps_values(config: OptimizerConfig) -> None:
+    torch.manual_seed(1)
+    params = {"w": torch.randn(4, 5), "b": torch.randn(5)}
+    original = {k: v.clone() for k, v in params.items()}
+    optimizer, functional, in_place = Optimizer(config), (dict(params), {}), ({k: v.clone() for k, v in params.items()}, {})
+    for _ in range(3):
+        grads = {k: torch.randn_like(v) for k, v in params.items()}
+        functional = optimizer.step(*functional[:1], {k: g.clone() for k, g in grads.items()}, functional[1], 0.05)
+        in_place = optimizer.step(in_place[0], {k: g.clone() for k, g in grads.items()}, in_place[1], 0.05, in_place=True)
+    for k in params:
+        assert torch.equal(functional[0][k], in_place[0][k]), k
+    assert functional[1].keys() == in_place[1].keys()
+    for k in functional[1]:
+        assert torch.equal(functional[1][k], in_place[1][k]), k
+    assert all(torch.equal(params[k], original[k]) for k in params)  # the functional steps left their inputs alone
+    assert not torch.equal(in_place[0]["w"], original["w"])
