@@ -28,7 +28,9 @@ from flwr.app import Message
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from fedsim.engine.client_app import ClientSide, Prepared, prepare, reply, run_local_round
+from fedsim.engine.client_app import ClientSide, Prepared, client_side_for, config_key, partition_id, prepare, reply, run_local_round
+from fedsim.engine.context import Config, RunContext
+from fedsim.engine.inline_grid import Cohort
 from fedsim.strategy import LocalTask
 from fedsim.training import Batch, GradOffset, LocalTraining, Optimizer, Params, SamGradient, TrainOutcome, autograd_gradient
 
@@ -55,6 +57,15 @@ def run_cohort(side: ClientSide, items: Sequence[tuple[Message, int]]) -> list[M
     replies = [reply(side, p, s.finish(p.task, outcome)) for s, p, outcome in zip(strategies, prepared, outcomes)]
     side.context.new_model.release(first.task.model)  # the chunk's one model: the replies hold their own bytes
     return replies
+
+
+def cohort_runner(cfg: Config, ctx: RunContext | None = None) -> Cohort | None:
+    """With ``backend.vectorize``: a round's train messages run as vectorised cohorts (None: one by one).
+    (Here, not beside the server's loop: a Ray actor imports it, and nothing of the server side.)"""
+    if not cfg["backend"].get("vectorize"):
+        return None
+    key = config_key(cfg)
+    return lambda items: run_cohort(client_side_for(cfg, ctx, key), [(m, partition_id(c)) for m, c in items])
 
 
 def ineligible(prepared: list[Prepared], trainings: list[LocalTraining]) -> str | None:

@@ -32,6 +32,7 @@ from flwr.supercore.run import Run
 
 from fedsim.engine.bulk_pickle import BulkWriter, bulk_folder, remove_leftovers
 from fedsim.engine.client_app import build_client_app, config_key
+from fedsim.engine.cohort import cohort_runner
 from fedsim.engine.inline_grid import SimulatedGrid, timed_replies
 from fedsim.state import drop_hosted_state
 
@@ -70,8 +71,6 @@ class ClientWorker:
         return packed, str(writer.path) if writer.used else None
 
     def replies(self, key: str, cfg: Config, paths: list[str], items: Items) -> Timed:
-        from fedsim.engine.simulation import cohort_runner  # (simulation imports this module)
-
         if key not in self.apps:
             missing = [p for p in paths if p not in sys.path]  # the driver's import path of this run (a later run may add folders)
             if missing:

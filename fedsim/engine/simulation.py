@@ -25,7 +25,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.engine.client_app import build_client_app, client_side_for, config_key, partition_id
+from fedsim.engine.client_app import build_client_app
+from fedsim.engine.cohort import cohort_runner
 from fedsim.engine.context import Components, Config, RunContext, build_components, check_fit
 from fedsim.engine.inline_grid import Cohort, InlineGrid
 from fedsim.engine.loop import FederatedServer
@@ -85,16 +86,6 @@ def setup_left_to_rest() -> Iterator[None]:
 def run_inline(server: FederatedServer, client_app: Any, num_clients: int, cohort: Cohort | None = None) -> None:
     """Drive the rounds through an in-process Grid."""
     server.run(InlineGrid(client_app, num_clients, server_run(), cohort))
-
-
-def cohort_runner(cfg: Config, ctx: RunContext | None = None) -> Cohort | None:
-    """With ``backend.vectorize``: a round's train messages run as vectorised cohorts (None: one by one)."""
-    if not cfg["backend"].get("vectorize"):
-        return None
-    from fedsim.engine.cohort import run_cohort
-
-    key = config_key(cfg)
-    return lambda items: run_cohort(client_side_for(cfg, ctx, key), [(m, partition_id(c)) for m, c in items])
 
 
 def run_actors(server: FederatedServer, cfg: Config) -> None:
