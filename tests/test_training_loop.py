@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.training import Optimizer, OptimizerConfig, autograd_gradient, has_tied_tensors, model_loss
+from fedsim.training import LocalTraining, Optimizer, OptimizerConfig, autograd_gradient, has_tied_tensors, model_loss
 
 
 class Tied(nn.Module):
@@ -62,3 +62,27 @@ def test_the_in_place_step_gives_the_functional_steps_values(config: OptimizerCo
         assert torch.equal(functional[1][k], in_place[1][k]), k
     assert all(torch.equal(params[k], original[k]) for k in params)  # the functional steps left their inputs alone
     assert not torch.equal(in_place[0]["w"], original["w"])
+
+
+def test_the_loop_leaves_its_inputs_alone_and_a_keeping_hook_sees_every_step() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 3))
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    before = {n: p.clone() for n, p in params.items()}
+    batches = [(torch.randn(4, 6), torch.randint(0, 3, (4,))) for _ in range(3)]
+    config = OptimizerConfig(momentum=0.9)
+    fast = LocalTraining(model_loss(model), config, 0.1).run(params, batches)  # in place, on its own copies
+    assert LocalTraining(model_loss(model), config, 0.1).holds_no_step()
+    assert all(torch.equal(params[n], before[n]) for n in params)
+
+    seen: list[torch.Tensor] = []
+
+    def keeping(step_params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        seen.append(step_params["0.weight"])  # a reference, not a copy
+        return grads
+
+    loop = LocalTraining(model_loss(model), config, 0.1, grad_hooks=(keeping,))
+    assert not loop.holds_no_step()
+    kept = loop.run(params, batches)
+    assert torch.equal(seen[0], before["0.weight"]) and not torch.equal(seen[1], seen[0])  # each step its own tensors
+    assert all(torch.equal(kept.params[n], fast.params[n]) for n in params)  # and the same outcome either way

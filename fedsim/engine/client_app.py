@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -26,7 +27,7 @@ from fedsim.engine.context import Components, Config, RunContext, build_componen
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState, from_record, state_entries
 from fedsim.strategy import LocalResult, LocalTask
-from fedsim.training import OptimizerConfig
+from fedsim.training import OptimizerConfig, autograd_gradient, model_loss
 
 
 def partition_id(context: Context) -> int:
@@ -44,11 +45,26 @@ class ClientSide:
 
     @classmethod
     def build(cls, cfg: Config, context: RunContext | None = None) -> "ClientSide":
-        return cls(context or RunContext.from_config(cfg), build_components(cfg), OptimizerConfig(**cfg["optimizer"]))
+        side = cls(context or RunContext.from_config(cfg), build_components(cfg), OptimizerConfig(**cfg["optimizer"]))
+        warm_up(side.context)
+        return side
 
     def fresh(self) -> Components:
         """Copies of the component templates for one message."""
         return copy.deepcopy(self.templates)
+
+
+def warm_up(ctx: RunContext) -> None:
+    """One forward and backward pass of the run's model on its first two training examples, when a process
+    builds its client side: torch's first call of each kernel costs tens of milliseconds, which would
+    otherwise land on the first round's clock (and its client timeouts). Under a forked RNG, on a pooled
+    model that its next lend resets, so nothing of it reaches a round."""
+    x, y = ctx.train_examples(np.arange(min(2, len(ctx.data.y_train))))
+    model = ctx.new_model.holding({})
+    with torch.random.fork_rng(devices=[] if ctx.device.type == "cpu" else [ctx.device]):
+        params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        autograd_gradient(model_loss(model), params, (x, y))
+    ctx.new_model.release(model)
 
 
 # The only per-process slot of the engine: a Ray actor (whose ClientApp Flower re-creates for
