@@ -122,9 +122,7 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batche
 
     step_fn: StepFn = vmap(grad_and_value(loss))
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
-    shared = all(task.global_state is tasks[0].global_state for task in tasks)  # one payload: broadcast, not copied
-    params = {n: tasks[0].global_state[n].detach().to(dtypes[n]).expand(len(tasks), *tasks[0].global_state[n].shape) if shared
-              else torch.stack([task.global_state[n].detach().to(dtypes[n]) for task in tasks]) for n in names}
+    params, owned = starting_stacks(tasks, {n: dtypes[n] for n in names})
     state = stacked_state(trainings, params)
     offsets = [{n: torch.stack([t.grad_hooks[j].offset[n] for t in trainings]) for n in names} for j in range(len(first.grad_hooks))]
     device = next(iter(params.values())).device
@@ -141,18 +139,28 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batche
         if first.optimizer.grad_clip is not None:
             grads = clip_each(grads, first.optimizer.grad_clip)
         with torch.no_grad():
-            every = bool(active.all())  # every client steps: nothing to mask, and the stacks (ours) step in place
-            stepped, new_state = optimizer.step(params, grads, state, first.lr, in_place=every and not (shared and t == 0))
+            every = bool(active.all())  # every client steps: nothing to mask, and stacks of our own step in place
+            stepped, new_state = optimizer.step(params, grads, state, first.lr, in_place=every and owned)
+            owned = True  # a functional or masked step's results are new tensors
             if every:
                 params, state = stepped, new_state
             else:
                 params = {n: masked(active, stepped[n], params[n]) for n in names}
                 state = {k: masked(active, v, state[k] if k in state else torch.zeros_like(v)) for k, v in new_state.items()}
         losses += torch.where(active, step_loss.detach(), torch.zeros((), device=device))
-    if shared and max(steps) == 0:  # nothing stepped: the outcomes would be views of the payload
+    if not owned:  # nothing stepped: the outcomes would be views of the payload
         params = {n: p.clone() for n, p in params.items()}
     return [TrainOutcome({n: params[n][i] for n in names}, {k: v[i] for k, v in state.items()},
                          float(losses[i]) / steps[i] if steps[i] else float("nan"), steps[i]) for i in range(len(tasks))]
+
+
+def starting_stacks(tasks: list[LocalTask], dtypes: dict[str, torch.dtype]) -> tuple[Params, bool]:
+    """The clients' starting parameters, stacked, and whether the stacks are tensors of their own: one payload
+    shared by every task is broadcast (a view, not copied), so that only the first step's results are new."""
+    first = tasks[0].global_state
+    if all(task.global_state is first for task in tasks):
+        return {n: first[n].detach().to(d).expand(len(tasks), *first[n].shape) for n, d in dtypes.items()}, False
+    return {n: torch.stack([task.global_state[n].detach().to(d) for task in tasks]) for n, d in dtypes.items()}, True
 
 
 def stacked_state(trainings: list[LocalTraining], params: Params) -> Params:
