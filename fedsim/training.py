@@ -79,18 +79,21 @@ class Optimizer:
     def __init__(self, config: OptimizerConfig) -> None:
         self.config = config
 
-    def step(self, params: Params, grads: Params, state: Params, lr: float, *, in_place: bool = False) -> tuple[Params, Params]:
-        """``in_place``: overwrite ``params``, ``grads`` and ``state``'s tensors instead of allocating new ones (the
-        caller owns them all: a vectorised cohort's stacks, where a fresh 16 MB tensor per step costs more than
-        the arithmetic); the values are the same either way."""
+    def step(self, params: Params, grads: Params, state: Params, lr: float, *, write_into: Params | None = None) -> tuple[Params, Params]:
+        """``write_into``: the tensors to write the new parameters into instead of new ones, ``params`` (a step in
+        place) or ``grads`` (spent by the step, when the parameters are not the caller's to change, e.g. a payload);
+        the caller then owns ``grads`` and ``state``'s tensors too, which the step overwrites. A fresh 16 MB tensor
+        per step costs a vectorised cohort more than the arithmetic. The values are the same either way."""
         c = self.config
-        mul, add, addcmul, addcdiv = OPS_IN_PLACE if in_place else OPS
+        in_place = write_into is not None
+        mul, add, addcmul = OPS_IN_PLACE if in_place else OPS
         new_params, new_state = {}, dict(state)
         if c.name == "adam":
             count = state.get("adam.step", torch.zeros(())) + 1
             new_state["adam.step"] = count
         for name, p in params.items():
             g = grads[name]
+            out = {"out": write_into[name]} if write_into is not None else {}
             if c.weight_decay:
                 g = add(g, p, alpha=c.weight_decay)
             if c.name == "sgd":
@@ -98,7 +101,7 @@ class Optimizer:
                     buf = add(mul(state.get(f"momentum.{name}", torch.zeros_like(p)), c.momentum), g, alpha=1 - c.dampening)
                     new_state[f"momentum.{name}"] = buf
                     g = g.add(buf, alpha=c.momentum) if c.nesterov else buf
-                new_params[name] = add(p, g, alpha=-lr)
+                new_params[name] = torch.add(p, g, alpha=-lr, **out)
             else:
                 b1, b2 = c.betas
                 m = add(mul(state.get(f"adam.m.{name}", torch.zeros_like(p)), b1), g, alpha=1 - b1)
@@ -106,12 +109,20 @@ class Optimizer:
                 new_state[f"adam.m.{name}"], new_state[f"adam.v.{name}"] = m, v
                 t = float(count)
                 denom = (v / (1 - b2**t)).sqrt().add(c.eps)
-                new_params[name] = addcdiv(p, m, denom, value=-lr / (1 - b1**t))
+                new_params[name] = torch.addcdiv(p, m, denom, value=-lr / (1 - b1**t), **out)
         return new_params, new_state
 
 
-OPS = (torch.Tensor.mul, torch.Tensor.add, torch.Tensor.addcmul, torch.Tensor.addcdiv)
-OPS_IN_PLACE = (torch.Tensor.mul_, torch.Tensor.add_, torch.Tensor.addcmul_, torch.Tensor.addcdiv_)
+def spendable(grads: Params, params: Params) -> bool:
+    """Whether a step may write the new parameters into ``grads``: each gradient dense, of its parameter's shape and
+    dtype, in memory of its own (autograd may hand one tensor, or a broadcast view, to several inputs)."""
+    storages = {g.untyped_storage().data_ptr() for g in grads.values()}
+    return len(storages) == len(grads) == len(params) and all(
+        g.is_contiguous() and g.shape == params[n].shape and g.dtype == params[n].dtype for n, g in grads.items())
+
+
+OPS = (torch.Tensor.mul, torch.Tensor.add, torch.Tensor.addcmul)
+OPS_IN_PLACE = (torch.Tensor.mul_, torch.Tensor.add_, torch.Tensor.addcmul_)
 
 
 def training_mode(model: nn.Module) -> None:
@@ -189,17 +200,18 @@ class LocalTraining:
         """Train ``params`` over ``batches``; nothing outside the returned outcome changes."""
         optimizer = Optimizer(self.optimizer)
         loss_fn = self.total_loss()
-        owned = self.holds_no_step()  # the loop may then step copies of its own in place
-        params = {n: p.detach().clone() if owned else p.detach() for n, p in params.items()}
-        state, total, steps = {k: v.clone() for k, v in self.state.items()} if owned else dict(self.state), 0.0, 0
+        in_place = self.holds_no_step()  # the loop may then step tensors of its own in place
+        params = {n: p.detach() for n, p in params.items()}
+        state, total, steps = {k: v.clone() for k, v in self.state.items()} if in_place else dict(self.state), 0.0, 0
         for batch in batches:
             loss, grads = self.gradient(loss_fn, params, batch)
             for hook in self.grad_hooks:
                 grads = hook(params, grads)
             if self.optimizer.grad_clip is not None:
                 grads = clip_by_norm(grads, self.optimizer.grad_clip)
-            with torch.no_grad():
-                params, state = optimizer.step(params, grads, state, self.lr, in_place=owned)
+            with torch.no_grad():  # the first step's parameters are the caller's: written into its gradients
+                into = (params if steps else grads if spendable(grads, params) else None) if in_place else None
+                params, state = optimizer.step(params, grads, state, self.lr, write_into=into)
             total += loss
             steps += 1
         return TrainOutcome(params, state, total / steps if steps else math.nan, steps)
@@ -207,8 +219,9 @@ class LocalTraining:
     def holds_no_step(self) -> bool:
         """Whether nothing but the loop keeps a step's parameters or gradients past the step: the gradient is
         autograd's or SAM's and every hook a fixed offset, values of this module that keep no tensor they are
-        given. The loop then copies the parameters and state once and steps them in place (the same values;
-        a fresh tensor per step costs about a tenth of a small model's step), else it steps functionally, so
+        given. The loop then writes its first step into that step's gradients (:func:`spendable`), copies the
+        state once and steps both in place from there (the same values; a fresh tensor per step costs about a
+        tenth of a small model's step), else it steps functionally, so
         that an estimator or hook that keeps references (a codec recording its trace) sees every step."""
         return (self.gradient is autograd_gradient or isinstance(self.gradient, SamGradient)) and all(
             isinstance(h, GradOffset) for h in self.grad_hooks)

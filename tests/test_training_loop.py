@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.training import LocalTraining, Optimizer, OptimizerConfig, autograd_gradient, has_tied_tensors, model_loss
+from fedsim.training import LocalTraining, Optimizer, OptimizerConfig, autograd_gradient, has_tied_tensors, model_loss, spendable
 
 
 class Tied(nn.Module):
@@ -46,7 +46,8 @@ def test_tied_weights_are_retied_and_their_gradient_is_the_modules() -> None:
     OptimizerConfig(momentum=0.9, nesterov=True, weight_decay=1e-3),
     OptimizerConfig(name="adam", weight_decay=1e-3),
 ])
-def test_the_in_place_step_gives_the_functional_steps_values(config: OptimizerConfig) -> None:
+@pytest.mark.parametrize("into_grads", [False, True])
+def test_the_in_place_step_gives_the_functional_steps_values(config: OptimizerConfig, into_grads: bool) -> None:
     torch.manual_seed(1)
     params = {"w": torch.randn(4, 5), "b": torch.randn(5)}
     original = {k: v.clone() for k, v in params.items()}
@@ -54,7 +55,9 @@ def test_the_in_place_step_gives_the_functional_steps_values(config: OptimizerCo
     for _ in range(3):
         grads = {k: torch.randn_like(v) for k, v in params.items()}
         functional = optimizer.step(*functional[:1], {k: g.clone() for k, g in grads.items()}, functional[1], 0.05)
-        in_place = optimizer.step(in_place[0], {k: g.clone() for k, g in grads.items()}, in_place[1], 0.05, in_place=True)
+        spent = {k: g.clone() for k, g in grads.items()}
+        in_place = optimizer.step(in_place[0], spent, in_place[1], 0.05, write_into=spent if into_grads else in_place[0])
+        assert all(in_place[0][k] is (spent if into_grads else in_place[0])[k] for k in params)
     for k in params:
         assert torch.equal(functional[0][k], in_place[0][k]), k
     assert functional[1].keys() == in_place[1].keys()
@@ -62,6 +65,34 @@ def test_the_in_place_step_gives_the_functional_steps_values(config: OptimizerCo
         assert torch.equal(functional[1][k], in_place[1][k]), k
     assert all(torch.equal(params[k], original[k]) for k in params)  # the functional steps left their inputs alone
     assert not torch.equal(in_place[0]["w"], original["w"])
+
+
+def test_only_gradients_of_their_own_memory_and_shape_are_spendable() -> None:
+    params = {"a": torch.zeros(3), "b": torch.zeros(3)}
+    one = torch.ones(3)
+    assert spendable({"a": torch.ones(3), "b": torch.ones(3)}, params)
+    assert not spendable({"a": one, "b": one}, params)  # one tensor for two inputs (autograd's add)
+    assert not spendable({"a": torch.ones(()).expand(3), "b": torch.ones(3)}, params)  # a broadcast view (sum's)
+    flat = torch.ones(6)
+    assert not spendable({"a": flat[:3], "b": flat[3:]}, params)  # views of one buffer
+    assert not spendable({"a": torch.ones(3, dtype=torch.float64), "b": torch.ones(3)}, params)
+    assert not spendable({"a": torch.ones(3)}, params)
+
+
+def test_a_loss_whose_gradients_share_memory_steps_as_the_functional_loop() -> None:
+    params = {"a": torch.tensor([0.5, -1.0, 2.0]), "b": torch.tensor([1.0, 0.0, -0.5])}
+    before = {n: p.clone() for n, p in params.items()}
+
+    def shared(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return p["a"].sum() + p["b"].sum() + (x * 0).sum()  # autograd hands both the one broadcast ones tensor
+
+    _, grads = autograd_gradient(shared, params, (torch.ones(1), torch.ones(1)))
+    assert not spendable(grads, params)
+    batches = [(torch.ones(1), torch.ones(1))] * 3
+    fast = LocalTraining(shared, OptimizerConfig(), 0.1).run(params, batches)
+    slow = LocalTraining(shared, OptimizerConfig(), 0.1, grad_hooks=(lambda p, g: g,)).run(params, batches)
+    assert all(torch.equal(params[n], before[n]) for n in params)
+    assert all(torch.allclose(fast.params[n], before[n] - 0.3) and torch.equal(fast.params[n], slow.params[n]) for n in params)
 
 
 def test_the_loop_leaves_its_inputs_alone_and_a_keeping_hook_sees_every_step() -> None:
