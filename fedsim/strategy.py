@@ -116,12 +116,14 @@ class LocalTask:
             state=dict(state or {}),
         )
 
-    def delta(self, params: Tensors) -> Tensors:
+    def delta(self, params: Tensors, *, spend: bool = False) -> Tensors:
         """``params`` minus the payload, for every payload tensor. A tensor ``params`` lacks is read from the
         model as it is now: its buffers (BatchNorm's running statistics, which training updates in place)
-        move, a frozen parameter gives zero."""
+        move, a frozen parameter gives zero. ``spend``: ``params``' tensors are the caller's to overwrite, and
+        a delta of their shape and dtype is computed in their memory (:meth:`TrainOutcome.spend_params`)."""
         if all(k in params for k in self.global_state):  # every payload tensor was trained: the model is not read
-            return {k: params[k] - v for k, v in self.global_state.items()}
+            return {k: params[k].sub_(v) if spend and params[k].shape == v.shape and params[k].dtype == v.dtype else params[k] - v
+                    for k, v in self.global_state.items()}
         current = dict(self.model.state_dict())
         return {k: (params[k] if k in params else current[k].detach()) - v if k in params or k in current else torch.zeros_like(v)
                 for k, v in self.global_state.items()}
@@ -292,4 +294,5 @@ class OneLoopStrategy(Strategy):
     def finish(self, task: LocalTask, trained: TrainOutcome) -> LocalResult:
         """The upload (and any client-state change) from the trained outcome: the delta, the example count,
         the mean training loss."""
-        return LocalResult(task.delta(trained.params), len(task.y), {"train_loss": trained.mean_loss})
+        params, spend = trained.spend_params()
+        return LocalResult(task.delta(params, spend=spend), len(task.y), {"train_loss": trained.mean_loss})

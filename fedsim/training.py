@@ -20,8 +20,9 @@ as ``torch.optim`` does).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 from torch import nn
@@ -176,12 +177,41 @@ def clip_by_norm(grads: Params, max_norm: float) -> Params:
 
 @dataclass
 class TrainOutcome:
-    """What a training run produced: the final parameters, the optimizer state, the mean loss, the step count."""
+    """What a training run produced: the final parameters, the optimizer state, the mean loss, the step count.
+    ``owned``: the parameters are tensors of this outcome alone (the loop's own), which :meth:`spend_params`
+    may hand over to be overwritten."""
 
     params: Params
     state: Params
     mean_loss: float
     steps: int
+    owned: bool = False
+
+    def spend_params(self) -> tuple[Params, bool]:
+        """The parameters, and whether the caller may overwrite them (computing the delta in their memory saves a
+        fresh tensor per client). Owned ones are handed over once: ``params`` then raises on any read, rather
+        than show what the caller wrote into them."""
+        params, owned = self.params, self.owned
+        if owned:
+            self.params, self.owned = SpentParams(), False
+        return params, owned
+
+
+class SpentParams(Mapping[str, torch.Tensor]):
+    """A :class:`TrainOutcome`'s parameters after :meth:`~TrainOutcome.spend_params` handed them over."""
+
+    def _spent(self) -> NoReturn:
+        raise RuntimeError("TrainOutcome.params were handed over by spend_params() (OneLoopStrategy.finish computes the "
+                           "delta in their memory): read them before calling it")
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        self._spent()
+
+    def __iter__(self) -> Iterator[str]:
+        self._spent()
+
+    def __len__(self) -> int:
+        self._spent()
 
 
 @dataclass
@@ -214,7 +244,7 @@ class LocalTraining:
                 params, state = optimizer.step(params, grads, state, self.lr, write_into=into)
             total += loss
             steps += 1
-        return TrainOutcome(params, state, total / steps if steps else math.nan, steps)
+        return TrainOutcome(params, state, total / steps if steps else math.nan, steps, owned=in_place and steps > 0)
 
     def holds_no_step(self) -> bool:
         """Whether nothing but the loop keeps a step's parameters or gradients past the step: the gradient is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cmath
 import math
 from typing import Any
 
@@ -14,10 +15,11 @@ from fedsim.state import Tensors, numpy_of, record_nbytes
 def all_finite(tensor: torch.Tensor) -> bool:
     """Whether every value is finite. A sum is finite for any finite tensor short of overflow, and NaN or
     Inf in a tensor makes its sum non-finite; so the exact elementwise test runs only when the sum is not
-    finite (an overflow, or a true NaN/Inf), at a fiftieth of its cost otherwise."""
+    finite (an overflow, or a true NaN/Inf), at a fiftieth of its cost otherwise. (The sum is tested as a
+    Python number: ``torch.isfinite`` on a 0-d tensor runs five kernels, 20 us, per array.)"""
     if not (tensor.is_floating_point() or tensor.is_complex()):
         return True
-    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+    return cmath.isfinite(tensor.sum().item()) or bool(torch.isfinite(tensor).all())
 
 
 def update_problem(

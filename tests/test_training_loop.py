@@ -1,12 +1,16 @@
 """The functional training loop's shortcuts give what the plain forms give: a tied-weight model's loss and
-gradient, and the optimizer's in-place step."""
+gradient, the optimizer's in-place steps, and a delta computed in the trained parameters' memory."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from flwr.app import RecordDict
 from torch import nn
 
+from fedsim.state import ClientState
+from fedsim.strategies.fedavg import FedAvg
+from fedsim.strategy import LocalTask
 from fedsim.training import LocalTraining, Optimizer, OptimizerConfig, autograd_gradient, has_tied_tensors, model_loss, spendable
 
 
@@ -117,3 +121,25 @@ def test_the_loop_leaves_its_inputs_alone_and_a_keeping_hook_sees_every_step() -
     kept = loop.run(params, batches)
     assert torch.equal(seen[0], before["0.weight"]) and not torch.equal(seen[1], seen[0])  # each step its own tensors
     assert all(torch.equal(kept.params[n], fast.params[n]) for n in params)  # and the same outcome either way
+
+
+def test_finish_computes_the_delta_in_the_outcomes_memory_once_and_the_spent_params_refuse_a_read() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 3))
+    payload = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batches = [(torch.randn(4, 6), torch.randint(0, 3, (4,))) for _ in range(2)]
+    trained = LocalTraining(model_loss(model), OptimizerConfig(), 0.1).run(payload, batches)
+    assert trained.owned
+    final = {n: t.clone() for n, t in trained.params.items()}
+    expected = {n: trained.params[n] - payload[n] for n in payload}
+    memory = {n: t.data_ptr() for n, t in trained.params.items()}
+    task = LocalTask(1, 0, model, payload, torch.zeros(8, 6), torch.zeros(8, dtype=torch.long), 0.1, 1, 4, torch.Generator(),
+                     ClientState(RecordDict()))
+    update = FedAvg().finish(task, trained).update
+    assert all(torch.equal(update[n], expected[n]) and update[n].data_ptr() == memory[n] for n in payload)
+    with pytest.raises(RuntimeError, match="handed over by spend_params"):
+        trained.params["0.weight"]
+    assert trained.spend_params()[1] is False  # handed over once
+    functional = LocalTraining(model_loss(model), OptimizerConfig(), 0.1, grad_hooks=(lambda p, g: g,)).run(payload, batches)
+    assert not functional.owned and FedAvg().finish(task, functional).update.keys() == payload.keys()
+    assert all(torch.equal(functional.params[n], final[n]) for n in payload)  # not spent: still readable

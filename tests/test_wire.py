@@ -97,3 +97,4 @@ def test_finiteness_screen_matches_elementwise(seed: int) -> None:
         values = tensor.to(dtype)
         assert all_finite(values) == bool(torch.isfinite(values).all())
     assert all_finite(torch.full((10,), 3e38)) and not all_finite(torch.tensor([float("inf"), -float("inf")]))
+    assert all_finite(torch.tensor([1 + 2j, 3e38j])) and not all_finite(torch.tensor([1 + 2j, complex(0, float("nan"))]))

@@ -152,7 +152,7 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batche
     if not owned:  # nothing stepped: the outcomes would be views of the payload
         params = {n: p.clone() for n, p in params.items()}
     return [TrainOutcome({n: params[n][i] for n in names}, {k: v[i] for k, v in state.items()},
-                         float(losses[i]) / steps[i] if steps[i] else float("nan"), steps[i]) for i in range(len(tasks))]
+                         float(losses[i]) / steps[i] if steps[i] else float("nan"), steps[i], owned=True) for i in range(len(tasks))]
 
 
 def starting_stacks(tasks: list[LocalTask], dtypes: dict[str, torch.dtype]) -> tuple[Params, bool]:
