@@ -254,7 +254,7 @@ def many_stateful_clients(scratch: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 rounds, no 10,000-client case")
-    parser.add_argument("--repeat", type=int, default=3, help="passes over the bare, inline and vectorised runs, fastest of each kept")
+    parser.add_argument("--repeat", type=int, default=5, help="passes over the bare, inline and vectorised runs, fastest of each kept")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the sweep and the 10,000-client run (default: a temporary one)")
     parser.add_argument("--cases", default="overhead,vectorised,sweep,many", help="which of overhead, vectorised, sweep, many to run")
     args = parser.parse_args()

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -160,8 +161,10 @@ class RunContext:
         return self.train_examples(self.partitions[client_id])
 
     def train_examples(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """These training examples (and labels), as tensors on the run's device."""
-        return self._tensor(self.data.x_train[indices]), self._tensor(self.data.y_train[indices])
+        """These training examples (and labels), as tensors on the run's device (an index array's gather is a
+        fresh array of its own: no second copy)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return torch.from_numpy(self.data.x_train[indices]).to(self.device), torch.from_numpy(self.data.y_train[indices]).to(self.device)
 
     def local_schedule(self) -> dict[str, int | None]:
         """The local training schedule every client (and the server's root training) follows:
@@ -171,7 +174,12 @@ class RunContext:
                 "local_steps": None if steps is None else int(steps)}
 
     def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The central test split, as tensors on the run's device."""
+        """The central test split, as tensors on the run's device: made at the first call and shared by every
+        later one (every round's evaluation reads them; nothing may write into them)."""
+        return self._test_tensors
+
+    @cached_property
+    def _test_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._tensor(self.data.x_test), self._tensor(self.data.y_test)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
