@@ -122,6 +122,12 @@ def spendable(grads: Params, params: Params) -> bool:
         g.is_contiguous() and g.shape == params[n].shape and g.dtype == params[n].dtype for n, g in grads.items())
 
 
+def step_target(params: Params, grads: Params, own: bool) -> Params | None:
+    """Where a step allowed to work in place writes the new parameters: into ``params`` when they are the caller's
+    own, else into the step's gradients when :func:`spendable`, else nowhere (a functional step)."""
+    return params if own else grads if spendable(grads, params) else None
+
+
 OPS = (torch.Tensor.mul, torch.Tensor.add, torch.Tensor.addcmul)
 OPS_IN_PLACE = (torch.Tensor.mul_, torch.Tensor.add_, torch.Tensor.addcmul_)
 
@@ -240,7 +246,7 @@ class LocalTraining:
             if self.optimizer.grad_clip is not None:
                 grads = clip_by_norm(grads, self.optimizer.grad_clip)
             with torch.no_grad():  # the first step's parameters are the caller's: written into its gradients
-                into = (params if steps else grads if spendable(grads, params) else None) if in_place else None
+                into = step_target(params, grads, own=steps > 0) if in_place else None
                 params, state = optimizer.step(params, grads, state, self.lr, write_into=into)
             total += loss
             steps += 1

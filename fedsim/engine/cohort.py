@@ -32,7 +32,7 @@ from fedsim.engine.client_app import ClientSide, Prepared, client_side_for, conf
 from fedsim.engine.context import Config, RunContext
 from fedsim.engine.inline_grid import Cohort
 from fedsim.strategy import LocalTask
-from fedsim.training import Batch, GradOffset, LocalTraining, Optimizer, Params, SamGradient, TrainOutcome, autograd_gradient, spendable
+from fedsim.training import Batch, GradOffset, LocalTraining, Optimizer, Params, SamGradient, TrainOutcome, autograd_gradient, step_target
 
 log = logging.getLogger("fedsim")
 _SAID: set[str] = set()  # fallback reasons already logged in this process
@@ -139,9 +139,8 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batche
         if first.optimizer.grad_clip is not None:
             grads = clip_each(grads, first.optimizer.grad_clip)
         with torch.no_grad():
-            every = bool(active.all())  # every client steps: nothing to mask, and the step writes into our stacks
-            into = (params if owned else grads if spendable(grads, params) else None) if every else None  # (a payload's
-            stepped, new_state = optimizer.step(params, grads, state, first.lr, write_into=into)  # first: its gradients)
+            every = bool(active.all())  # every client steps: nothing to mask, and the step writes into our own tensors
+            stepped, new_state = optimizer.step(params, grads, state, first.lr, write_into=step_target(params, grads, owned) if every else None)
             owned = True  # a functional or masked step's results are new tensors
             if every:
                 params, state = stepped, new_state

@@ -163,7 +163,6 @@ class RunContext:
     def train_examples(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """These training examples (and labels), as tensors on the run's device (an index array's gather is a
         fresh array of its own: no second copy)."""
-        indices = np.asarray(indices, dtype=np.int64)
         return torch.from_numpy(self.data.x_train[indices]).to(self.device), torch.from_numpy(self.data.y_train[indices]).to(self.device)
 
     def local_schedule(self) -> dict[str, int | None]:
