@@ -21,6 +21,13 @@ def run_rounds(out_dir: Path, *overrides: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out_dir / "rounds.jsonl").read_text().splitlines()]
 
 
+class LinearClassifier(nn.Linear):
+    """:func:`linear_model`'s module, built as a model config node builds one (from the input shape and class count)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__(input_shape[0], num_classes)
+
+
 def linear_model(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
     """A 2-in, 2-out linear classifier with the given parameters."""
     model = nn.Linear(2, 2)

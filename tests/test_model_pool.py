@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fedsim.engine.context import ModelFactory
+from fedsim.engine.context import Layout, ModelFactory
 
 
 
@@ -80,3 +80,38 @@ def test_a_wrong_payload_shape_raises_load_state_dicts_error() -> None:
         assert "size mismatch" in str(exc)
     else:
         raise AssertionError("a payload of the wrong shape was loaded")
+
+
+class TiedNet(torch.nn.Module):
+    """One weight under two names and one module under two names (tied embeddings), plus a non-persistent buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(3, 3)
+        self.out = torch.nn.Linear(3, 3)
+        self.out.weight = self.embed.weight
+        self.again = self.embed
+        self.register_buffer("scale", torch.ones(3), persistent=False)
+
+
+def test_the_layout_lists_modules_and_tensors_as_torch_does() -> None:
+    for model in (NormNet((1, 8, 8), 10), TiedNet(), torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())):
+        layout = Layout.of(model)
+        assert list(layout.modules) == list(model.modules())
+        assert list(layout.params.items()) == list(model.named_parameters())
+        assert list(layout.tensors.items()) == [*model.named_parameters(), *model.named_buffers()]
+
+
+def test_lent_models_are_taken_back_when_the_block_ends() -> None:
+    models = factory()
+    with models.lending() as lend:
+        first = lend()
+        with torch.no_grad():
+            for p in first.parameters():
+                p.add_(1.0)
+        second = lend()
+        assert second is not first
+    again = [models.holding({}), models.holding({})]  # both back in the pool, and lent again reset
+    assert {id(m) for m in again} == {id(first), id(second)}
+    for model in again:
+        assert_like_fresh(model, models, {})

@@ -11,6 +11,7 @@ from flwr.app import RecordDict
 from types import SimpleNamespace
 
 from fedsim.attack import Attack
+from fedsim.engine.context import ModelFactory
 from fedsim.engine.harness import Truth, score_models
 from fedsim.evaluation import evaluate
 from fedsim.state import ClientState
@@ -68,7 +69,8 @@ def test_monna_reports_the_honest_nodes_mean_accuracy() -> None:
     bad = {"weight": -good["weight"], "bias": torch.zeros(2)}
     strategy.node_models = {0: good, 1: bad}
     x, y = torch.tensor([[2.0, 0.0], [0.0, 2.0], [3.0, 1.0]]), torch.tensor([0, 1, 0])
-    run = SimpleNamespace(test_data=lambda: (x, y), new_model=lambda: linear_model(torch.zeros(2, 2), torch.zeros(2)))
+    models = ModelFactory({"_target_": "strategy_helpers.LinearClassifier"}, (2,), 2, seed=0, device=torch.device("cpu"))
+    run = SimpleNamespace(test_data=lambda: (x, y), new_model=models)
     node_1_attacks = Truth(("benign", "malicious"), ("benign", "sign_flip"))
     assert score_models(run, strategy, Attack(), node_1_attacks, bad, {})["test_acc"] == 1.0  # only node 0 is honest
     both = score_models(run, strategy, Attack(), Truth(("benign",) * 2, ("benign",) * 2), bad, {})

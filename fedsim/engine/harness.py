@@ -54,13 +54,14 @@ def score_models(
     have one, with ``eval_clients`` saying how many.
     """
     x, y = ctx.test_data()
-    models = strategy.scored_models(global_state, ctx.new_model, client_states)
-    if None in models:
-        return score_one(models[None], attack, x, y)
-    honest = [models[c] for c in truth.honest_clients if c in models]
-    if not honest:
-        return {"test_acc": float("nan"), "test_loss": float("nan"), "eval_clients": 0}
-    scores = [score_one(m, attack, x, y) for m in honest]
+    with ctx.new_model.lending() as new_model:  # the scored models live only here: pooled ones, reset, not copied
+        models = strategy.scored_models(global_state, new_model, client_states)
+        if None in models:
+            return score_one(models[None], attack, x, y)
+        honest = [models[c] for c in truth.honest_clients if c in models]
+        if not honest:
+            return {"test_acc": float("nan"), "test_loss": float("nan"), "eval_clients": 0}
+        scores = [score_one(m, attack, x, y) for m in honest]
     return {**{k: float(np.mean([s[k] for s in scores])) for k in scores[0]}, "eval_clients": len(honest)}
 
 
