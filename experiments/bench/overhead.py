@@ -15,6 +15,10 @@ Cases (MNIST-5k, the default MLP, 1 local epoch, batch 32 unless said):
   ``torch.bmm`` probe in the same run) for the bare loop, inline and vectorised;
 - a 6-job Hydra multirun on Ray (``python -m fedsim -m seed=0,...,5``): the start-up all six jobs pay
   together vs the first job's;
+- the two per-client jobs run by pfl-research 0.6 when it is installed (``pfl_job.py``: its FederatedAveraging on
+  a SimulatedBackend, weighted by data points, the same cohorts and shuffles): its seconds vs the bare loop's
+  and how far its final weights are from the bare loop's (no target: pfl is the reference the inline targets
+  were set against);
 - 10,000 clients with DGC state (1,000 per round for 10 rounds, 1.27 MB each, ~12.7 GB in all) on a
   synthetic 20,000-image set written in MNIST's IDX format, ``client_state_memory_mb=512``,
   checkpoints every 5 rounds: the run's peak RSS, and the bytes the round-10 checkpoint writes vs the
@@ -74,8 +78,8 @@ def figure(name: str, value: float, op: str, target: float, unit: str = "") -> N
     print(f"figure: {name} = {value:.3g}{unit} (target {op} {target:g}{unit}): {'ok' if ok else 'MISS'}", flush=True)
 
 
-def bare_loop(env: Run) -> float:
-    """The same federated training as plain PyTorch; returns its wall seconds."""
+def bare_loop(env: Run) -> tuple[float, dict[str, torch.Tensor]]:
+    """The same federated training as plain PyTorch: (its wall seconds, the final global state)."""
     cfg = env.cfg
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -103,7 +107,7 @@ def bare_loop(env: Run) -> float:
         global_state = {k: v + sum(d[k] * (n / total) for d, n in zip(deltas, sizes)) for k, v in global_state.items()}
         model.load_state_dict(global_state)
         evaluate(model, test_x, test_y)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, global_state
 
 
 def fedsim_run(overrides: list[str]) -> tuple[float, float, float, list[float]]:
@@ -134,7 +138,7 @@ def overhead(rounds: int, repeat: int) -> None:
         base = [*overrides, f"rounds={rounds}"]
         env = Run(config([*base, "backend=inline"]))
         best = interleaved({"bare": lambda: bare_loop(env), "inline": lambda: fedsim_run([*base, "backend=inline"])}, repeat)
-        bare, (total, _, acc, _) = best["bare"], best["inline"]
+        (bare, _), (total, _, acc, _) = best["bare"], best["inline"]
         slug = case.split(",")[0].replace(" ", "_")
         print(f"{case}: bare {bare:.2f} s, inline {total:.2f} s (acc {acc:.3f})")
         figure(f"inline_over_bare[{slug}]", total / bare, "<=", 1.0)
@@ -184,7 +188,7 @@ def vectorised(rounds: int, repeat: int) -> None:
     env = Run(config(base))
     best = interleaved({"bare": lambda: bare_loop(env), "inline": lambda: fedsim_run(base),
                         "vectorised": lambda: fedsim_run([*base, "backend.vectorize=true"])}, repeat)
-    bare, (inline, _, inline_acc, _), (vector, _, vector_acc, _) = best["bare"], best["inline"], best["vectorised"]
+    (bare, _), (inline, _, inline_acc, _), (vector, _, vector_acc, _) = best["bare"], best["inline"], best["vectorised"]
     peak, flops = matmul_probe(), training_flops(env)
     print(f"100 clients, all per round: bare {bare:.2f} s, inline {inline:.2f} s (acc {inline_acc:.4f}), "
           f"vectorised {vector:.2f} s (acc {vector_acc:.4f}); bmm probe {peak / 1e9:.1f} GFLOP/s (1 thread)")
@@ -192,6 +196,26 @@ def vectorised(rounds: int, repeat: int) -> None:
         print(f"  {name}: {flops / seconds / 1e9:.2f} GFLOP/s = {100 * flops / seconds / peak:.1f}% of the bmm probe")
     figure("vectorised_over_bare[100_clients_all]", vector / bare, "<=", 0.6)
     figure("vectorised_accuracy_gap_points", 100 * abs(vector_acc - inline_acc), "<=", 0.5)
+
+
+def pfl(rounds: int, repeat: int) -> None:
+    """The two overhead jobs run by pfl-research (when installed) vs the bare loop: seconds and final weights."""
+    try:
+        from pfl_job import pfl_job  # importing pfl sets torch's multiprocessing start method: this case runs last
+    except ImportError as exc:
+        print(f"pfl-research: not installed ({exc}); skipped. Install it with: {PFL_INSTALL}")
+        return
+    for case, overrides in CASES.items():
+        env = Run(config([*overrides, f"rounds={rounds}", "backend=inline"]))
+        best = interleaved({"bare": lambda: bare_loop(env), "pfl": lambda: pfl_job(env)}, repeat)
+        (bare, bare_state), (seconds, state) = best["bare"], best["pfl"]
+        gap = max(float((state[k] - v).abs().max()) for k, v in bare_state.items())
+        print(f"{case}: bare {bare:.2f} s, pfl-research {seconds:.2f} s = {seconds / bare:.3g} x bare; "
+              f"final weights differ from the bare loop's by at most {gap:.1e}")
+
+
+PFL_INSTALL = ("pip install --no-deps pfl==0.6.0 dp-accounting==0.4.4 prv-accountant==0.2.0 absl-py mpmath "
+               "(pfl's resolver pins numpy 1.x through dp-accounting; the modules it imports run on numpy 2)")
 
 
 def release_ray() -> None:
@@ -256,7 +280,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds, no 10,000-client case")
     parser.add_argument("--repeat", type=int, default=5, help="passes over the bare, inline and vectorised runs, fastest of each kept")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the sweep and the 10,000-client run (default: a temporary one)")
-    parser.add_argument("--cases", default="overhead,vectorised,sweep,many", help="which of overhead, vectorised, sweep, many to run")
+    parser.add_argument("--cases", default="overhead,vectorised,sweep,many,pfl", help="which of overhead, vectorised, sweep, many, pfl to run")
     args = parser.parse_args()
     cases = set(args.cases.split(","))
     if "overhead" in cases:
@@ -268,6 +292,8 @@ def main() -> None:
             sweep(Path(scratch) / "sweep")
         if "many" in cases and not args.quick:
             many_stateful_clients(Path(scratch))
+    if "pfl" in cases:
+        pfl(3 if args.quick else 10, args.repeat)
 
 
 if __name__ == "__main__":
