@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 
@@ -49,3 +50,32 @@ class Component:
 
     def check_run(self, run: RunFacts) -> None:
         """Raise :class:`~fedsim.params.ParamError` if this component cannot work in ``run`` (default: it can)."""
+
+
+COPY_PROTOCOL = ("__deepcopy__", "__copy__", "__reduce_ex__", "__reduce__", "__getstate__", "__setstate__", "__getnewargs__",
+                 "__getnewargs_ex__", "__slots__", "__new__")
+ATOMS = (type(None), bool, int, float, complex, str, bytes)
+
+
+def fresh_copy(component: Any, memo: dict[int, Any] | None = None) -> Any:
+    """``copy.deepcopy(component, memo)``. For an instance of a class that leaves Python's copy protocol as it is,
+    whose attributes are all immutable values (numbers, strings, None, tuples of them), deepcopy would make
+    a new instance holding the very same values: that is made directly, at a fraction of deepcopy's generic
+    cost (a client copies every component for every message). Anything else is deep-copied."""
+    state = getattr(component, "__dict__", None)
+    if type(state) is dict and default_copy_protocol(type(component)) and all(immutable(v) for v in state.values()):
+        twin = object.__new__(type(component))
+        twin.__dict__.update(state)
+        return twin
+    return copy.deepcopy(component, memo)
+
+
+@lru_cache(maxsize=256)
+def default_copy_protocol(cls: type) -> bool:
+    """Whether no class of ``cls``'s MRO but ``object`` defines a method or slot of the copy protocol."""
+    return all(name not in vars(k) for k in cls.__mro__ if k is not object for name in COPY_PROTOCOL)
+
+
+def immutable(value: Any) -> bool:
+    """Whether deepcopy returns ``value`` itself: an atom, or a tuple of such values."""
+    return type(value) in ATOMS or (type(value) is tuple and all(immutable(v) for v in value))

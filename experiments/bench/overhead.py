@@ -75,7 +75,7 @@ def config(overrides: list[str]) -> dict:
 
 def figure(name: str, value: float, op: str, target: float, unit: str = "") -> None:
     ok = value <= target if op == "<=" else value < target if op == "<" else value >= target
-    print(f"figure: {name} = {value:.3g}{unit} (target {op} {target:g}{unit}): {'ok' if ok else 'MISS'}", flush=True)
+    print(f"figure: {name} = {value:.4g}{unit} (target {op} {target:g}{unit}): {'ok' if ok else 'MISS'}", flush=True)
 
 
 def bare_loop(env: Run) -> tuple[float, dict[str, torch.Tensor]]:

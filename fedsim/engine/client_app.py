@@ -12,7 +12,6 @@ number of workers, compute the same thing.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 
+from fedsim.component import fresh_copy
 from fedsim.engine.context import Components, Config, RunContext, build_components
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState, from_record, state_entries
@@ -50,8 +50,9 @@ class ClientSide:
         return side
 
     def fresh(self) -> Components:
-        """Copies of the component templates for one message."""
-        return copy.deepcopy(self.templates)
+        """Copies of the component templates for one message (as one ``copy.deepcopy`` of them all makes them)."""
+        memo: dict[int, Any] = {}
+        return Components(**{kind: fresh_copy(component, memo) for kind, component in vars(self.templates).items()})
 
 
 def warm_up(ctx: RunContext) -> None:
