@@ -62,10 +62,14 @@ def fresh_copy(component: Any, memo: dict[int, Any] | None = None) -> Any:
     whose attributes are all immutable values (numbers, strings, None, tuples of them), deepcopy would make
     a new instance holding the very same values: that is made directly, at a fraction of deepcopy's generic
     cost (a client copies every component for every message). Anything else is deep-copied."""
+    if memo is not None and id(component) in memo:
+        return memo[id(component)]  # copied already under this memo, as deepcopy would return it
     state = getattr(component, "__dict__", None)
     if type(state) is dict and default_copy_protocol(type(component)) and all(immutable(v) for v in state.values()):
         twin = object.__new__(type(component))
         twin.__dict__.update(state)
+        if memo is not None:
+            memo[id(component)] = twin
         return twin
     return copy.deepcopy(component, memo)
 

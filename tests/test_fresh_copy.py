@@ -55,6 +55,8 @@ def test_one_memo_keeps_what_components_share_shared_in_the_copies() -> None:
     memo: dict = {}
     a, b = fresh_copy(first, memo), fresh_copy(second, memo)
     assert a.seen is b.seen and a.seen is not shared.seen
+    settings = Settings()  # the direct path keeps the memo too: one object copied twice is one copy
+    assert fresh_copy(settings, memo) is fresh_copy(settings, memo) is copy.deepcopy(settings, memo)
 
 
 def test_every_shipped_component_copies_as_deepcopy_does() -> None:

@@ -198,6 +198,10 @@ def vectorised(rounds: int, repeat: int) -> None:
     figure("vectorised_accuracy_gap_points", 100 * abs(vector_acc - inline_acc), "<=", 0.5)
 
 
+PFL_INSTALL = ("pip install --no-deps pfl==0.6.0 dp-accounting==0.4.4 prv-accountant==0.2.0 absl-py mpmath "
+               "(pfl's resolver pins numpy 1.x through dp-accounting; the modules it imports run on numpy 2)")
+
+
 def pfl(rounds: int, repeat: int) -> None:
     """The two overhead jobs run by pfl-research (when installed) vs the bare loop: seconds and final weights."""
     try:
@@ -212,10 +216,6 @@ def pfl(rounds: int, repeat: int) -> None:
         gap = max(float((state[k] - v).abs().max()) for k, v in bare_state.items())
         print(f"{case}: bare {bare:.2f} s, pfl-research {seconds:.2f} s = {seconds / bare:.3g} x bare; "
               f"final weights differ from the bare loop's by at most {gap:.1e}")
-
-
-PFL_INSTALL = ("pip install --no-deps pfl==0.6.0 dp-accounting==0.4.4 prv-accountant==0.2.0 absl-py mpmath "
-               "(pfl's resolver pins numpy 1.x through dp-accounting; the modules it imports run on numpy 2)")
 
 
 def release_ray() -> None:

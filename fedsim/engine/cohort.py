@@ -134,8 +134,8 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batche
         step_batches = [b[t] if t < len(b) else None for b in batches]
         width = max(len(batch[1]) for batch in step_batches if batch is not None)  # this step's longest batch
         x, y, weight = stack_step(step_batches, width, tasks[0])
-        at = {n: p[0] for n, p in params.items()} if not owned else params  # a broadcast start: the payload itself
-        grads, step_loss = stacked_gradient(step_fn, shared_fn if not owned else step_fn, first.gradient, at, x, y, weight)
+        first_fn, at = (step_fn, params) if owned else (shared_fn, {n: p[0] for n, p in params.items()})  # broadcast: the payload
+        grads, step_loss = stacked_gradient(step_fn, first_fn, first.gradient, at, x, y, weight)
         for offset in offsets:  # the clients' GradOffset hooks, in order
             grads = {n: g + offset[n] for n, g in grads.items()}
         if first.optimizer.grad_clip is not None:

@@ -63,8 +63,8 @@ class ModelFactory:
             torch.manual_seed(derive_seed(seed, "model-init"))
             model = instantiate(node, input_shape=input_shape, num_classes=num_classes)
         self._template = model.to(device)
-        self._initial = {**dict(self._template.named_parameters()), **dict(self._template.named_buffers())}
-        self._shape = Layout.of(self._template).shape
+        layout = Layout.of(self._template)
+        self._initial, self._shape = layout.tensors, layout.shape
         self._pool: list[tuple[nn.Module, Layout]] = []
         self._lock = threading.Lock()
 
