@@ -52,9 +52,10 @@ def run_cohort(side: ClientSide, items: Sequence[tuple[Message, int]]) -> list[M
         return [run_local_round(side, message, cid) for message, cid in items]
     tasks, size = [p.task for p in prepared], slice_size(prepared[0].task)
     batches = [list(s.batches_for(t)) for s, t in zip(strategies, tasks)]
-    outcomes = [o for i in range(0, len(tasks), size)
-                for o in train_stacked(tasks[i : i + size], trainings[i : i + size], batches[i : i + size])]
-    replies = [reply(side, p, s.finish(p.task, outcome)) for s, p, outcome in zip(strategies, prepared, outcomes)]
+    replies = []
+    for i in range(0, len(tasks), size):  # each slice replied to as soon as it is trained: its stacks are still in cache
+        outcomes = train_stacked(tasks[i : i + size], trainings[i : i + size], batches[i : i + size])
+        replies += [reply(side, p, s.finish(p.task, outcome)) for s, p, outcome in zip(strategies[i:], prepared[i:], outcomes)]
     side.context.new_model.release(first.task.model)  # the chunk's one model: the replies hold their own bytes
     return replies
 
