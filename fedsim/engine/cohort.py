@@ -54,8 +54,9 @@ def run_cohort(side: ClientSide, items: Sequence[tuple[Message, int]]) -> list[M
     batches = [list(s.batches_for(t)) for s, t in zip(strategies, tasks)]
     replies = []
     for i in range(0, len(tasks), size):  # each slice replied to as soon as it is trained: its stacks are still in cache
-        outcomes = train_stacked(tasks[i : i + size], trainings[i : i + size], batches[i : i + size])
-        replies += [reply(side, p, s.finish(p.task, outcome)) for s, p, outcome in zip(strategies[i:], prepared[i:], outcomes)]
+        part = slice(i, i + size)
+        outcomes = train_stacked(tasks[part], trainings[part], batches[part])
+        replies += [reply(side, p, s.finish(p.task, outcome)) for s, p, outcome in zip(strategies[part], prepared[part], outcomes)]
     side.context.new_model.release(first.task.model)  # the chunk's one model: the replies hold their own bytes
     return replies
 

@@ -245,8 +245,9 @@ def locate(path: str) -> Any:
     raise ModuleNotFoundError(f"no module named {parts[0]!r}")
 
 
-def check_arguments(node: Config, group: str) -> None:
-    """Every key of a component's config node must be an argument of its ``_target_`` (unless it takes ``**kwargs``)."""
+def check_arguments(node: Config, group: str) -> Any:
+    """Every key of a component's config node must be an argument of its ``_target_`` (unless it takes ``**kwargs``);
+    returns the located target."""
     try:
         target = locate(node["_target_"])
     except Exception as exc:  # a typo in the path, or the user's module failing to import
@@ -254,11 +255,11 @@ def check_arguments(node: Config, group: str) -> None:
         raise ParamError(f"{group}._target_={node['_target_']}: cannot be imported ({cause}); a dotted path such as "
                          "fedsim.strategies.fedavg.FedAvg, importable from the working directory") from None
     accepted = keyword_arguments(target)
-    if accepted is None:
-        return
-    for key, value in node.items():
-        if not key.startswith("_") and key not in accepted:
-            raise ParamError(f"{group}.{key}={value}: not an argument of {node['_target_']}; its arguments: {', '.join(accepted) or 'none'}")
+    if accepted is not None:
+        for key, value in node.items():
+            if not key.startswith("_") and key not in accepted:
+                raise ParamError(f"{group}.{key}={value}: not an argument of {node['_target_']}; its arguments: {', '.join(accepted) or 'none'}")
+    return target
 
 
 @lru_cache(maxsize=256)
@@ -270,15 +271,16 @@ def keyword_arguments(target: Callable[..., Any]) -> tuple[str, ...] | None:
     return tuple(name for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
-def construct(node: Config) -> Any:
+def construct(node: Config, target: Any = None) -> Any:
     """``hydra.utils.instantiate(node, _convert_="all")``. A flat node, the shape of every component node fedsim
     ships (``_target_`` and keyword arguments of plain values, no nested ``_target_``, no other ``_`` key, no
     ``${`` left to resolve), is called directly with a deep copy of its arguments, which is what Hydra passes it,
     and a failure is raised as Hydra raises it; Hydra's own OmegaConf round trip costs about half a millisecond
-    a node, a few milliseconds of every run. Any other node goes to Hydra."""
+    a node, a few milliseconds of every run. Any other node goes to Hydra. ``target``: the node's located
+    ``_target_``, when the caller has it (:func:`check_arguments` returns it)."""
     if type(node) is not dict or not all(k == "_target_" or (not k.startswith("_") and plain(v)) for k, v in node.items()):
         return instantiate(node, _convert_="all")
-    target = locate(node["_target_"])
+    target = locate(node["_target_"]) if target is None else target
     arguments = copy.deepcopy({k: v for k, v in node.items() if k != "_target_"})
     try:
         return target(**arguments)
@@ -299,8 +301,7 @@ def plain(value: Any) -> bool:
 
 
 def _build(node: Config, expected: type, group: str) -> Any:
-    check_arguments(node, group)
-    obj = construct(node)
+    obj = construct(node, check_arguments(node, group))
     if not isinstance(obj, expected):
         raise TypeError(f"{group}._target_={node.get('_target_')}: not a {expected.__module__}.{expected.__name__}")
     return obj
