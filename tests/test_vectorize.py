@@ -9,11 +9,13 @@ import sys
 import pytest
 import torch
 from flwr.app import RecordDict
+from torch import nn
 
 from conftest import make_config, metrics_only, read_rounds
 from fedsim.checkpoint import read_checkpoint
 from fedsim.engine.cohort import train_stacked
 from fedsim.engine.context import Run
+from fedsim.engine.fused_linear import fusable_weights, fused_step
 from fedsim.engine.simulation import simulate
 from fedsim.seeding import torch_generator
 from fedsim.state import ClientState
@@ -128,9 +130,110 @@ def test_a_cohort_trained_in_cache_sized_slices_matches_the_sequential_run(tmp_p
     common = ("dataset=digits", "num_clients=12", "clients_per_round=12", "rounds=2", "checkpoint_every=2", "backend=inline")
     env = Run(make_config(*common))
     per_client = sum(p.numel() * p.element_size() for p in env.new_model().parameters())
-    monkeypatch.setattr("fedsim.engine.cohort.CPU_SLICE_BYTES", 5 * per_client)  # slices of 5, 5 and 2 clients
+    monkeypatch.setattr("fedsim.engine.cohort.CPU_CACHE_BYTES", 5 * per_client)  # fused steps: slices of 5, 5 and 2 clients
     states = {}
     for name, extra in {"sequential": [], "sliced": ["backend.vectorize=true"]}.items():
         simulate(make_config(*common, *extra), tmp_path / name, progress=False)
         states[name] = read_checkpoint(tmp_path / name / "checkpoints" / "round_000002.pt").global_state
     assert max((states["sliced"][k] - states["sequential"][k]).abs().max().item() for k in states["sequential"]) < 1e-5
+
+
+class Tied(nn.Module):
+    """Two layers sharing one weight matrix: the weight's gradient sums both uses, so it is not fused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 10)
+        self.c = nn.Linear(64, 64)
+        self.c.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.c(torch.relu(self.a(x.flatten(1))))))
+
+
+class Reused(nn.Module):
+    """One layer called twice in a forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(torch.relu(self.a(x.flatten(1))))))
+
+
+class WeightOutsideItsLayer(nn.Module):
+    """A layer's weight also used functionally, outside the layer's own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x.flatten(1)))
+        return self.b(h + 0.1 * nn.functional.linear(h, self.a.weight))
+
+
+PLAIN_SGD = OptimizerConfig(weight_decay=1e-3)  # no momentum, clipping or hooks: the fused linear step applies
+
+
+def plain_tasks(env: Run, model_of, sizes: list[int]) -> list[LocalTask]:
+    """Clients of one shared payload holding ``sizes`` digits examples, trained by plain SGD with weight decay."""
+    torch.manual_seed(0)
+    template = model_of()
+    payload = {k: v.detach().clone() for k, v in template.state_dict().items()}
+    x, y = env.test_data()
+    tasks, start = [], 0
+    for cid, n in enumerate(sizes):
+        model = model_of()
+        model.load_state_dict(payload)
+        tasks.append(LocalTask(1, cid, model, payload, x[start : start + n], y[start : start + n], 0.05, 2, 8,
+                               torch_generator(0, "train", 1, cid), ClientState(RecordDict()), optimizer=PLAIN_SGD))
+        start += n
+    return tasks
+
+
+def stacked_and_sequential(env: Run, model_of, sizes: list[int]) -> tuple[list, list]:
+    sequential = [env.strategy.training_for(t).run(t.trainable(), env.strategy.batches_for(t)) for t in plain_tasks(env, model_of, sizes)]
+    tasks = plain_tasks(env, model_of, sizes)
+    shared = [LocalTask(**{**t.__dict__, "model": tasks[0].model}) for t in tasks]
+    stacked = train_stacked(shared, [env.strategy.training_for(t) for t in shared], [list(env.strategy.batches_for(t)) for t in shared])
+    assert not any(m._forward_hooks for m in tasks[0].model.modules())  # the shared model's hooks came off
+    return sequential, stacked
+
+
+def assert_same_updates(sequential: list, stacked: list) -> None:
+    for s, v in zip(sequential, stacked):
+        assert s.steps == v.steps and s.mean_loss == pytest.approx(v.mean_loss, rel=1e-5)
+        for name in s.params:
+            assert torch.allclose(s.params[name], v.params[name], atol=1e-5), name
+
+
+def test_plain_sgd_steps_linear_weights_fused_and_gets_the_sequential_updates(monkeypatch):
+    env = Run(make_config("dataset=digits", "model.hidden=[16,16]"))
+    fused_calls = []
+    monkeypatch.setattr("fedsim.engine.cohort.fused_step", lambda *a, **k: fused_calls.append(a[0].shape) or fused_step(*a, **k))
+    sequential, stacked = stacked_and_sequential(env, env.new_model, [3, 8, 17, 30])  # masked steps, padded batches
+    assert_same_updates(sequential, stacked)
+    assert len(fused_calls) == 3 * 8  # three linear layers, eight steps (4 batches of 8 over 2 epochs for the largest client)
+    training = env.strategy.training_for(plain_tasks(env, env.new_model, [3])[0])
+    assert set(fusable_weights(env.new_model(), list(env.new_model().state_dict()), training)) == {
+        "net.1.weight", "net.3.weight", "net.5.weight"}
+
+
+def test_a_tied_weight_is_not_fused_and_the_updates_are_sequential():
+    env = Run(make_config("dataset=digits"))
+    training = env.strategy.training_for(plain_tasks(env, Tied, [3])[0])
+    assert set(fusable_weights(Tied(), [n for n, _ in Tied().named_parameters()], training)) == {"b.weight"}
+    assert_same_updates(*stacked_and_sequential(env, Tied, [5, 12, 20]))
+
+
+@pytest.mark.parametrize("model_of, line", [(Reused, "runs layer a twice in one forward"),
+                                            (WeightOutsideItsLayer, "uses a linear weight outside its layer")])
+def test_a_layer_that_cannot_fuse_is_found_on_first_use_and_trained_unfused(caplog, model_of, line):
+    env = Run(make_config("dataset=digits"))
+    with caplog.at_level(logging.WARNING, logger="fedsim"):
+        assert_same_updates(*stacked_and_sequential(env, model_of, [5, 12, 20]))
+        assert_same_updates(*stacked_and_sequential(env, model_of, [7, 9]))  # checked once per process: one line
+    lines = [r.getMessage() for r in caplog.records if "fused linear step" in r.getMessage()]
+    assert len(lines) == 1 and line in lines[0] and model_of.__name__ in lines[0]

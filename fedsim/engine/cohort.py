@@ -5,8 +5,9 @@ runs the model once for all of them on their stacked mini-batches (the same shuf
 path, drawn from the same generators). A mini-batch shorter than the step's longest is padded and its
 padding weighted zero, so each client's loss is still the mean over its own examples; a client with
 fewer steps is masked (its parameters and optimizer state stay as they are), never given extra updates.
-What follows training (the strategy's ``finish``, update poisoning, the codec, the reply) is the
-per-client path's.
+Under plain SGD the linear layers' weights step fused with their gradient, one ``baddbmm`` per layer
+(:mod:`fedsim.engine.fused_linear`). What follows training (the strategy's ``finish``, update poisoning,
+the codec, the reply) is the per-client path's.
 
 Eligible: a :class:`~fedsim.strategy.OneLoopStrategy` that keeps its local update (FedAvg and its kin FedProx, FedAvgM,
 FedAdam, FedSAM; FedDyn and FedSpeed; MoNNA), whose loops in the chunk differ only in what can be
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from flwr.app import Message
@@ -30,6 +32,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedsim.engine.client_app import ClientSide, Prepared, client_side_for, config_key, partition_id, prepare, reply, run_local_round
 from fedsim.engine.context import Config, RunContext
+from fedsim.engine.fused_linear import Factors, fused_linears, fused_step, fusable_weights
 from fedsim.engine.inline_grid import Cohort
 from fedsim.strategy import LocalTask
 from fedsim.training import Batch, GradOffset, LocalTraining, Optimizer, Params, SamGradient, TrainOutcome, autograd_gradient, step_target
@@ -50,7 +53,8 @@ def run_cohort(side: ClientSide, items: Sequence[tuple[Message, int]]) -> list[M
             _SAID.add(problem)
             log.warning("backend.vectorize: %s; its clients run one by one", problem)
         return [run_local_round(side, message, cid) for message, cid in items]
-    tasks, size = [p.task for p in prepared], slice_size(prepared[0].task)
+    tasks = [p.task for p in prepared]
+    size = slice_size(tasks[0], fused=bool(fusable_weights(tasks[0].model, list(tasks[0].trainable()), trainings[0])))
     batches = [list(s.batches_for(t)) for s, t in zip(strategies, tasks)]
     replies = []
     for i in range(0, len(tasks), size):  # each slice replied to as soon as it is trained: its stacks are still in cache
@@ -93,17 +97,32 @@ def ineligible(prepared: list[Prepared], trainings: list[LocalTraining]) -> str 
     return None
 
 
-CPU_SLICE_BYTES = 16 * 2**20  # stacked parameters per vmap slice on a CPU: about half a server's L3 cache
+def last_level_cache_bytes(default: int = 32 * 2**20) -> int:
+    """The size of this CPU's largest cache (Linux's sysfs; ``default`` where it cannot be read)."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        if text[:-1].isdigit() and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+    return max(sizes, default=default)
 
 
-def slice_size(task: LocalTask) -> int:
-    """How many clients one vmap trains at once: on a CPU as many as keep the stacked parameters (and so
-    their gradients and steps) near the cache, where one stack of 100 clients would run at memory speed;
-    on a GPU all of them."""
+CPU_CACHE_BYTES = last_level_cache_bytes()
+
+
+def slice_size(task: LocalTask, fused: bool) -> int:
+    """How many clients one vmap trains at once: on a CPU as many as keep the stacked parameters near the
+    last-level cache, where one stack of 100 clients would run at memory speed: the whole cache when the SGD
+    steps are fused (:mod:`fedsim.engine.fused_linear`: no gradient stacks), half of it otherwise (a gradient
+    stack beside the parameters'). On a GPU all of them."""
     if task.x.device.type != "cpu":
         return 2**31
     per_client = sum(p.numel() * p.element_size() for p in task.trainable().values())
-    return max(1, CPU_SLICE_BYTES // max(1, per_client))
+    return max(1, (CPU_CACHE_BYTES if fused else CPU_CACHE_BYTES // 2) // max(1, per_client))
 
 
 StepFn = Callable[[Params, torch.Tensor, torch.Tensor, torch.Tensor], tuple[Params, torch.Tensor]]
@@ -117,10 +136,13 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batche
     steps = [len(b) for b in batches]
     loss_terms = first.loss_terms  # of one shared payload (``ineligible``): one set serves the cohort
 
+    def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, {**fixed, **params}, (x,))
+
     def loss(params: Params, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, {**fixed, **params}, (x,))  # cross-entropy as log-softmax and a gather:
-        picked = nn.functional.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)  # vmap runs nll_loss
-        return -(picked * weight).sum() + sum(term(params) for term in loss_terms)  # as a Python decomposition
+        logits = forward(params, x)  # cross-entropy as log-softmax and a gather: vmap runs nll_loss as a Python decomposition
+        picked = nn.functional.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        return -(picked * weight).sum() + sum(term(params) for term in loss_terms)
 
     step_fn: StepFn = vmap(grad_and_value(loss))
     shared_fn: StepFn = vmap(grad_and_value(loss), in_dims=(None, 0, 0, 0))  # one payload for all: unbatched parameters
@@ -131,27 +153,38 @@ def train_stacked(tasks: list[LocalTask], trainings: list[LocalTraining], batche
     device = next(iter(params.values())).device
     optimizer = Optimizer(first.optimizer)
     losses = torch.zeros(len(tasks), device=device)
-    for t in range(max(steps)):
-        active = torch.tensor([t < n for n in steps], device=device)
-        step_batches = [b[t] if t < len(b) else None for b in batches]
-        width = max(len(batch[1]) for batch in step_batches if batch is not None)  # this step's longest batch
-        x, y, weight = stack_step(step_batches, width, tasks[0])
-        first_fn, at = (step_fn, params) if owned else (shared_fn, {n: p[0] for n, p in params.items()})  # broadcast: the payload
-        grads, step_loss = stacked_gradient(step_fn, first_fn, first.gradient, at, x, y, weight)
-        for offset in offsets:  # the clients' GradOffset hooks, in order
-            grads = {n: g + offset[n] for n, g in grads.items()}
-        if first.optimizer.grad_clip is not None:
-            grads = clip_each(grads, first.optimizer.grad_clip)
-        with torch.no_grad():
-            every = bool(active.all())  # every client steps: nothing to mask, and the step writes into our own tensors
-            stepped, new_state = optimizer.step(params, grads, state, first.lr, write_into=step_target(params, grads, owned) if every else None)
-            owned = True  # a functional or masked step's results are new tensors
-            if every:
-                params, state = stepped, new_state
+    weights = fusable_weights(model, names, first)
+    with fused_linears(model, weights, loss, forward) as fusion:
+        for t in range(max(steps)):
+            active = torch.tensor([t < n for n in steps], device=device)
+            step_batches = [b[t] if t < len(b) else None for b in batches]
+            width = max(len(batch[1]) for batch in step_batches if batch is not None)  # this step's longest batch
+            x, y, weight = stack_step(step_batches, width, tasks[0])
+            first_fn, at = (step_fn, params) if owned else (shared_fn, {n: p[0] for n, p in params.items()})  # broadcast: the payload
+            factors: dict[str, Factors] = {}
+            fused = fusion.checked_gradient(first_fn, at, x, y, weight, shared=not owned) if fusion is not None else None
+            if fused is not None:
+                grads, factors, step_loss = fused
             else:
-                params = {n: masked(active, stepped[n], params[n]) for n in names}
-                state = {k: masked(active, v, state[k] if k in state else torch.zeros_like(v)) for k, v in new_state.items()}
-        losses += torch.where(active, step_loss.detach(), torch.zeros((), device=device))
+                fusion = None
+                grads, step_loss = stacked_gradient(step_fn, first_fn, first.gradient, at, x, y, weight)
+            for offset in offsets:  # the clients' GradOffset hooks, in order
+                grads = {n: g + offset[n] for n, g in grads.items()}
+            if first.optimizer.grad_clip is not None:
+                grads = clip_each(grads, first.optimizer.grad_clip)
+            with torch.no_grad():
+                every = bool(active.all())  # every client steps: nothing to mask, and the step writes into our own tensors
+                rest = {n: params[n] for n in grads}
+                stepped, new_state = optimizer.step(rest, grads, state, first.lr, write_into=step_target(rest, grads, owned) if every else None)
+                for n, pair in factors.items():
+                    stepped[n] = fused_step(params[n], pair, first.lr, first.optimizer.weight_decay, in_place=owned and every)
+                owned = True  # a functional or masked step's results are new tensors
+                if every:
+                    params, state = stepped, new_state
+                else:
+                    params = {n: masked(active, stepped[n], params[n]) for n in names}
+                    state = {k: masked(active, v, state[k] if k in state else torch.zeros_like(v)) for k, v in new_state.items()}
+            losses += torch.where(active, step_loss.detach(), torch.zeros((), device=device))
     if not owned:  # nothing stepped: the outcomes would be views of the payload
         params = {n: p.clone() for n, p in params.items()}
     return [TrainOutcome({n: params[n][i] for n in names}, {k: v[i] for k, v in state.items()},
