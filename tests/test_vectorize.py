@@ -151,23 +151,21 @@ class Tied(nn.Module):
         return self.b(torch.relu(self.c(torch.relu(self.a(x.flatten(1))))))
 
 
-class Reused(nn.Module):
-    """One layer called twice in a forward."""
-
+class TwoLayers(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 10)
+
+
+class Reused(TwoLayers):
+    """One layer called twice in a forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.b(torch.relu(self.a(torch.relu(self.a(x.flatten(1))))))
 
 
-class WeightOutsideItsLayer(nn.Module):
+class WeightOutsideItsLayer(TwoLayers):
     """A layer's weight also used functionally, outside the layer's own forward."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.a(x.flatten(1)))
