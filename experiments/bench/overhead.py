@@ -283,6 +283,11 @@ def main() -> None:
     parser.add_argument("--cases", default="overhead,vectorised,sweep,many,pfl", help="which of overhead, vectorised, sweep, many, pfl to run")
     args = parser.parse_args()
     cases = set(args.cases.split(","))
+    known = {"overhead", "vectorised", "sweep", "many", "pfl"}
+    if cases - known:
+        parser.error(f"--cases={args.cases}: unknown {', '.join(sorted(cases - known))}; options: {', '.join(sorted(known))}")
+    if args.scratch is not None:
+        args.scratch.mkdir(parents=True, exist_ok=True)  # before any work: a missing folder is made, not a crash at the sweep
     if "overhead" in cases:
         overhead(3 if args.quick else 10, args.repeat)
     if "vectorised" in cases:
