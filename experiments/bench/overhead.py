@@ -275,17 +275,19 @@ def many_stateful_clients(scratch: Path) -> None:
     figure("checkpoint_files_written_over_states_changed", len(written) / len(changed), "<=", 1.0)
 
 
+CASE_NAMES = ("overhead", "vectorised", "sweep", "many", "pfl")  # the bench's cases, in the order they run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 rounds, no 10,000-client case")
     parser.add_argument("--repeat", type=int, default=5, help="passes over the bare, inline and vectorised runs, fastest of each kept")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the sweep and the 10,000-client run (default: a temporary one)")
-    parser.add_argument("--cases", default="overhead,vectorised,sweep,many,pfl", help="which of overhead, vectorised, sweep, many, pfl to run")
+    parser.add_argument("--cases", default=",".join(CASE_NAMES), help=f"which of {', '.join(CASE_NAMES)} to run")
     args = parser.parse_args()
     cases = set(args.cases.split(","))
-    known = {"overhead", "vectorised", "sweep", "many", "pfl"}
-    if cases - known:
-        parser.error(f"--cases={args.cases}: unknown {', '.join(sorted(cases - known))}; options: {', '.join(sorted(known))}")
+    if cases - set(CASE_NAMES):
+        parser.error(f"--cases={args.cases}: unknown {', '.join(sorted(cases - set(CASE_NAMES)))}; options: {', '.join(CASE_NAMES)}")
     if args.scratch is not None:
         args.scratch.mkdir(parents=True, exist_ok=True)  # before any work: a missing folder is made, not a crash at the sweep
     if "overhead" in cases:
