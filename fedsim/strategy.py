@@ -194,7 +194,11 @@ class Strategy(Component, ABC):
         return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
     def configure_round(self, server_round: int) -> dict[str, float | int | str]:
-        """Extra config sent to every sampled client this round."""
+        """Extra config sent to every sampled client this round.
+
+        This, :meth:`payload_for` and :meth:`extra_for` build round r's messages right after round r-1's
+        :meth:`aggregate`, before round r-1's evaluation and checkpoint (docs/architecture.md, "One round"):
+        they must not change ``persistent`` state or what :meth:`scored_models` reads."""
         return {}
 
     def payload_for(self, client_id: int, global_state: Tensors) -> Tensors:

@@ -22,6 +22,7 @@ from fedsim.engine.context import Components, RunContext
 from fedsim.engine.harness import Truth
 from fedsim.engine.messages import train_messages
 from fedsim.engine.nodes import discover
+from fedsim.engine.outbound import Outbound
 from fedsim.engine.replies import Collected, collect, require_enough
 from fedsim.engine.root_training import RootTraining
 from fedsim.engine.state_store import ClientStateStore
@@ -60,18 +61,29 @@ class FederatedServer:
         ]
 
     def run(self, grid: Grid) -> Tensors:
-        """Run all rounds (from the last checkpoint when resuming); returns the final global state."""
+        """Run all rounds (from the last checkpoint when resuming); returns the final global state.
+
+        Round r+1's messages are sent once round r's global state is made, before round r's callbacks
+        (:mod:`~fedsim.engine.outbound`); a round's ``wall_s`` runs from the end of the previous round's
+        callbacks to its own record, so the rounds' wall times add up to the run's."""
         node_of = discover(grid, self.ctx.num_clients)
+        client_of = {node: cid for cid, node in node_of.items()}
         done, global_state = self.start()
         bar = tqdm(range(done + 1, self.ctx.rounds + 1), initial=done, total=self.ctx.rounds, desc="rounds", unit="round", disable=not self.progress)
+        started, sent = time.perf_counter(), None
         try:
+            sent = self.send(grid, node_of, done + 1, global_state) if done < self.ctx.rounds else None
             for server_round in bar:
-                record, result = self.run_round(grid, node_of, server_round, global_state)
+                record, result = self.run_round(sent, client_of, global_state, started)
+                sent = self.send(grid, node_of, server_round + 1, result.global_state) if server_round < self.ctx.rounds else None
                 for callback in self.callbacks:
                     callback.after_round(result, record)
                 global_state = result.global_state
                 bar.set_postfix(acc=f"{record['test_acc']:.4f}", loss=f"{record['test_loss']:.3f}")
+                started = time.perf_counter()
         finally:
+            if sent is not None:
+                sent.cancel()
             self.client_states.close()
         return global_state
 
@@ -95,14 +107,19 @@ class FederatedServer:
         log.warning("resumed from %s after round %d", self.checkpoints.folder, checkpoint.round)
         return checkpoint.round, checkpoint.global_state
 
-    def run_round(self, grid: Grid, node_of: dict[int, int], server_round: int, global_state: Tensors) -> tuple[dict[str, Any], RoundResult]:
-        started, strategy, defense = time.perf_counter(), self.parts.strategy, self.parts.defense
+    def send(self, grid: Grid, node_of: dict[int, int], server_round: int, global_state: Tensors) -> Outbound:
+        """Sample the round's clients and send each its message (started at once on a Grid that can post)."""
+        strategy = self.parts.strategy
         sampled = sample_clients(self.ctx.num_clients, int(self.cfg["clients_per_round"]), self.ctx.seed, server_round)
         round_config = {"round": server_round, **strategy.configure_round(server_round)}
         messages, bytes_down = train_messages(strategy, sampled, node_of, round_config, global_state, self.client_states)
-        timeout = self.cfg.get("client_timeout_s")
-        client_of = {node: cid for cid, node in node_of.items()}
-        replies = [(client_of[r.metadata.src_node_id], r) for r in grid.send_and_receive(messages, timeout=timeout)]
+        return Outbound.send(grid, server_round, sampled, round_config, messages, bytes_down, self.cfg.get("client_timeout_s"))
+
+    def run_round(self, sent: Outbound, client_of: dict[int, int], global_state: Tensors, started: float) -> tuple[dict[str, Any], RoundResult]:
+        """Receive the round ``sent`` (``client_of``: node id -> client id), then collect, screen and aggregate."""
+        strategy, defense = self.parts.strategy, self.parts.defense
+        server_round, sampled, round_config, timeout = sent.round, sent.sampled, sent.round_config, sent.timeout
+        replies = [(client_of[r.metadata.src_node_id], r) for r in sent.receive()]
         lr = float(round_config.get("lr", self.cfg["lr"]))
         expected = strategy.upload_shapes(global_state)
         got = collect(self.ctx, self.parts.codec, server_round, replies, global_state, expected, lr, self.optimizer,
@@ -120,7 +137,7 @@ class FederatedServer:
             new_state = self.checked(server_round, strategy.aggregate(server_round, global_state, kept, defense.combiner() or strategy.combine), global_state)
         else:
             log.warning("round %d: no update to aggregate; the global model is unchanged", server_round)
-        record = round_record(server_round, sampled, got, verdict, bytes_down, expected, self.truth)
+        record = round_record(server_round, sampled, got, verdict, sent.bytes_down, expected, self.truth)
         return record, RoundResult(server_round, global_state, new_state, got.updates, self.client_states, started)
 
     def forge(self, server_round: int, got: Collected) -> None:

@@ -185,7 +185,12 @@ class RayGrid(SimulatedGrid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Run every message on the pool; returns the replies in message order, without the clients that took
-        longer than ``timeout`` seconds (measured from when their message started on an actor).
+        longer than ``timeout`` seconds (measured from when their message started on an actor)."""
+        return self.post(messages, timeout=timeout).receive()
+
+    def post(self, messages: Iterable[Message], *, timeout: float | None = None) -> Delivery:
+        """Start the messages on the pool and return at once: the first chunk of each actor is on its way (two
+        without a timeout); :meth:`Delivery.receive` sends the rest as actors free up and collects the replies.
 
         Without a timeout the messages go out in near-equal chunks, two queued on each actor so that none waits
         for the driver between chunks: one cohort per actor when vectorised, else up to ``CHUNKS_PER_ACTOR``
@@ -199,64 +204,103 @@ class RayGrid(SimulatedGrid):
         count = len(messages) if timeout is not None else min(len(messages), actors * self.chunks_per_actor(len(messages)))
         queue = [(list(chunk), 0) for chunk in even_chunks(len(messages), count)]
         writer = BulkWriter(Path(self.pool.bulk[0]), self.pool.bulk[1]) if self.pool.bulk else None
-        try:
-            return self._deliver(messages, queue, 1 if timeout is not None else 2, timeout, writer)
-        finally:
-            if writer is not None:
-                writer.remove()
+        return Delivery(self, messages, queue, 1 if timeout is not None else 2, timeout, writer)
 
     def chunks_per_actor(self, count: int) -> int:
         if self._vectorize or self._message_s is None:
             return 1
         return max(1, min(CHUNKS_PER_ACTOR, int(self._message_s * count / (len(self.pool.actors) * MIN_CHUNK_S))))
 
-    def _deliver(self, messages: list[Message], queue: list[tuple[list[int], int]], depth: int, timeout: float | None,
-                 writer: BulkWriter | None) -> list[Message]:
+
+class Delivery:
+    """One batch of messages on a :class:`RayGrid`'s pool, from its first chunks' start to the last reply."""
+
+    def __init__(self, grid: RayGrid, messages: list[Message], queue: list[tuple[list[int], int]], depth: int,
+                 timeout: float | None, writer: BulkWriter | None) -> None:
+        self.grid, self.pool, self.messages, self.queue = grid, grid.pool, messages, queue
+        self.depth, self.timeout, self.writer = depth, timeout, writer
+        self.replies: dict[int, Message] = {}
+        self.took: list[float] = []  # seconds each finished message took on its actor
+        self.load = {actor: 0 for actor in range(len(self.pool.actors))}  # chunks queued or running on each actor
+        self.running: dict[Any, tuple[int, list[int], int, float]] = {}  # ref -> (actor, message indices, attempt, start)
+        self.submit()
+
+    def submit(self) -> None:
+        """Queued chunks onto the actors with room: spread first, then queued up to ``depth`` per actor."""
+        for actor in [a for level in range(self.depth) for a in self.load if self.load[a] <= level]:
+            if not self.queue:
+                break
+            chunk, attempt = self.queue.pop(0)
+            items = [(self.messages[i], self.grid._contexts[self.messages[i].metadata.dst_node_id]) for i in chunk]
+            packed = items if self.writer is None else self.writer.dumps(items)
+            ref = self.pool.actors[actor].run.remote(self.grid._key, self.grid._cfg, self.grid._paths, packed, self.pool.bulk)
+            self.running[ref], self.load[actor] = (actor, chunk, attempt, time.monotonic()), self.load[actor] + 1
+
+    def receive(self) -> list[Message]:
+        """Every reply, in message order (faults and deadlines handled as the module says)."""
+        ray, timeout = ray_module(), self.timeout
+        try:
+            while self.queue or self.running:
+                self.submit()
+                done, _ = ray.wait(list(self.running), num_returns=1, timeout=None if timeout is None else 0.05)
+                for ref in done:
+                    self.settle(ref)
+                if timeout is not None:
+                    for ref, (actor, _, _, started) in list(self.running.items()):
+                        if time.monotonic() - started > timeout:  # its client is not heard; its actor is replaced
+                            del self.running[ref]
+                            self.pool.replace(actor)
+                            self.load[actor] = 0
+        finally:
+            self.remove_files()
+        if self.took:
+            self.grid._message_s = sum(self.took) / len(self.took)
+        return [self.replies[i] for i in sorted(self.replies)]
+
+    def settle(self, ref: Any) -> None:
+        """Take in a finished chunk: its replies, or (its worker died) its messages queued once more."""
         ray = ray_module()
-        replies: dict[int, Message] = {}
-        took: list[float] = []  # seconds each finished message took on its actor
-        load = {actor: 0 for actor in range(len(self.pool.actors))}  # chunks queued or running on each actor
-        running: dict[Any, tuple[int, list[int], int, float]] = {}  # ref -> (actor, message indices, attempt, start)
-        while queue or running:
-            for actor in [a for level in range(depth) for a in load if load[a] <= level]:  # spread first, then queue
-                if not queue:
-                    break
-                chunk, attempt = queue.pop(0)
-                items = [(messages[i], self._contexts[messages[i].metadata.dst_node_id]) for i in chunk]
-                packed = items if writer is None else writer.dumps(items)
-                ref = self.pool.actors[actor].run.remote(self._key, self._cfg, self._paths, packed, self.pool.bulk)
-                running[ref], load[actor] = (actor, chunk, attempt, time.monotonic()), load[actor] + 1
-            done, _ = ray.wait(list(running), num_returns=1, timeout=None if timeout is None else 0.05)
-            for ref in done:
-                actor, chunk, attempt, _ = running.pop(ref)
-                load[actor] -= 1
+        actor, chunk, attempt, _ = self.running.pop(ref)
+        self.load[actor] -= 1
+        try:
+            results = unpack(ray.get(ref), self.writer is not None)
+        except ray.exceptions.RayActorError:  # the worker died: a fresh actor, its chunks once more
+            self.pool.replace(actor)
+            for other, (owner, lost, tries, _) in list(self.running.items()):  # the chunk queued behind it died too
+                if owner == actor:
+                    del self.running[other]
+                    self.queue.insert(0, (lost, tries))
+            self.load[actor] = 0
+            if attempt == 0:  # each of its messages alone: only the one that kills its worker again is lost
+                self.queue[:0] = [([i], 1) for i in chunk]
+            else:
+                self.replies.update({i: died_twice(self.messages[i]) for i in chunk})
+        else:
+            self.replies.update({i: reply for i, (reply, seconds) in zip(chunk, results) if self.timeout is None or seconds <= self.timeout})
+            self.took.extend(seconds for _, seconds in results)
+            for i in chunk:
+                drop_hosted_state(self.messages[i])
+
+    def cancel(self) -> None:
+        """Give the delivery up (its run stopped): the chunks already on the actors finish and their replies are
+        dropped, so the pool is idle for the next run and no reply file is left; the rest never start."""
+        self.queue.clear()
+        ray = ray_module()
+        try:
+            if self.running:
+                ray.wait(list(self.running), num_returns=len(self.running))
+            for ref in list(self.running):
                 try:
-                    results = unpack(ray.get(ref), writer is not None)
-                except ray.exceptions.RayActorError:  # the worker died: a fresh actor, its chunks once more
-                    self.pool.replace(actor)
-                    for other, (owner, lost, tries, _) in list(running.items()):  # the chunk queued behind it died too
-                        if owner == actor:
-                            del running[other]
-                            queue.insert(0, (lost, tries))
-                    load[actor] = 0
-                    if attempt == 0:  # each of its messages alone: only the one that kills its worker again is lost
-                        queue[:0] = [([i], 1) for i in chunk]
-                    else:
-                        replies.update({i: died_twice(messages[i]) for i in chunk})
-                else:
-                    replies.update({i: reply for i, (reply, seconds) in zip(chunk, results) if timeout is None or seconds <= timeout})
-                    took.extend(seconds for _, seconds in results)
-                    for i in chunk:
-                        drop_hosted_state(messages[i])
-            if timeout is not None:
-                for ref, (actor, _, _, started) in list(running.items()):
-                    if time.monotonic() - started > timeout:  # its client is not heard; its actor is replaced
-                        del running[ref]
-                        self.pool.replace(actor)
-                        load[actor] = 0
-        if took:
-            self._message_s = sum(took) / len(took)
-        return [replies[i] for i in sorted(replies)]
+                    unpack(ray.get(ref), self.writer is not None)
+                except ray.exceptions.RayError:
+                    pass  # a chunk that failed left no reply file
+            self.running.clear()
+        finally:
+            self.remove_files()
+
+    def remove_files(self) -> None:
+        if self.writer is not None:
+            self.writer.remove()
 
 
 def even_chunks(n: int, count: int) -> list[range]:
