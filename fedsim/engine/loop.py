@@ -2,9 +2,9 @@
 
 sample -> send payloads -> collect (decode, validate) -> server-side adversary -> (the server's own
 update on its root dataset, for a defense that asks for one) -> screen ->
-strategy.aggregate(updates, combine) -> check the new global state -> after-round callbacks
-(central evaluation, privacy observers, rounds.jsonl, checkpoints). The server hosts every
-client's persistent state and ships it with the client's message.
+strategy.aggregate(updates, combine) -> check the new global state -> send the next round's
+messages -> after-round callbacks (central evaluation, privacy observers, rounds.jsonl,
+checkpoints). The server hosts every client's persistent state and ships it with the client's message.
 """
 
 from __future__ import annotations
